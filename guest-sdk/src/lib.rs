@@ -1,0 +1,208 @@
+//! The SDK for Tandem rules.
+//!
+//! A rule is a Rust type that implements [`Rule`], compiled to
+//! `wasm32-unknown-unknown` and loaded by a Tandem node. Here is a complete
+//! rule, the classic one: tell IT when the primary server went offline, and
+//! again when it is back.
+//!
+//! ```
+//! use tandem_guest::{export_rule, Config, Ctx, Error, Rule, Signal};
+//!
+//! pub struct NotifyIt {
+//!     to: String,
+//! }
+//!
+//! impl Rule for NotifyIt {
+//!     // Written to the module's `tandem.signals` section: the rule subscribes
+//!     // to these unless its `signal_rule` row says otherwise.
+//!     const SIGNALS: &'static [&'static str] = &["FAILOVER-ON", "FAILOVER-OFF"];
+//!
+//!     fn init(config: &Config) -> Result<Self, Error> {
+//!         Ok(NotifyIt { to: config.str_or("to", "group:it")?.to_owned() })
+//!     }
+//!
+//!     fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
+//!         let primary = signal.str_field("primary").unwrap_or("the primary");
+//!         match signal.name.as_str() {
+//!             "FAILOVER-ON" => ctx.notify(
+//!                 &self.to,
+//!                 format!("{primary} is offline"),
+//!                 format!("The secondary took over: {}", signal.field("reason").map(|v| v.to_string()).unwrap_or_default()),
+//!             ),
+//!             "FAILOVER-OFF" => ctx.notify(&self.to, format!("{primary} is back"), "Handback complete."),
+//!             _ => {}
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! export_rule!(NotifyIt);
+//!
+//! // The native harness runs it without WebAssembly:
+//! let mut rule = tandem_guest::testing::Harness::<NotifyIt>::new(&Config::new()).unwrap();
+//! let actions = rule.notifications(&Signal::new("FAILOVER-ON").with_field("primary", "dev4120")).unwrap();
+//! assert_eq!(actions[0].to, "group:it");
+//! assert_eq!(actions[0].subject, "dev4120 is offline");
+//! ```
+//!
+//! Build it with `cargo build --target wasm32-unknown-unknown --release`
+//! (the crate is a `cdylib`) and drop the `.wasm` into the node's rules
+//! directory, or `PUT` it to `/api/v1/scripts/NAME`.
+//!
+//! # Layout
+//! - [`wire`]: the wire types host and guest share ([`Signal`], [`Value`],
+//!   [`Action`], [`Config`]), msgpack maps.
+//! - [`abi`]: the v1 ABI: [`export_rule!`] and what it expands to.
+//! - [`testing`]: the native harness.
+//!
+//! # What a rule can rely on
+//! - One long-lived instance per rule per node: `self` keeps state between
+//!   signals. It is lost when the instance traps, when the rule's own script
+//!   or config is reloaded, and at a failover (the other node has its own).
+//! - `signal.replayed` is true when a node that just took over runs a
+//!   signal it stored while standby; `signal.time` is then the original time.
+//! - A panic is reported to the host with its message and location, the
+//!   call's actions are dropped, and the next signal gets a fresh instance.
+
+pub mod abi;
+pub mod testing;
+pub mod time;
+pub mod wire;
+
+use std::fmt;
+
+pub use wire::{Action, Config, Fields, Level, Log, Notify, Raise, Signal, Value};
+
+/// The ABI version this SDK implements (the `tandem_abi_v1` marker).
+pub const ABI_VERSION: u32 = 1;
+
+/// A rule: subscribe to signals, react with actions.
+pub trait Rule: Sized + 'static {
+    /// The signal name patterns the rule subscribes to by default: exact
+    /// names or globs in which `*` matches any run of characters. The
+    /// `signal_rule` row may override them.
+    const SIGNALS: &'static [&'static str];
+
+    /// Build the rule from its config. Called once per instance. Every
+    /// sample rule works with an empty config; do likewise.
+    fn init(config: &Config) -> Result<Self, Error>;
+
+    /// React to one signal. Actions go through `ctx`; they take effect only
+    /// if this returns `Ok` or `Err` (not if it panics).
+    fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error>;
+}
+
+/// An error a rule reports. The host records its text in the event log; the
+/// instance is kept (unlike a panic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(String);
+
+impl Error {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Error(message.into())
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<String> for Error {
+    fn from(s: String) -> Self {
+        Error(s)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(s: &str) -> Self {
+        Error(s.to_owned())
+    }
+}
+
+/// Where [`Ctx::now`] reads the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// The host's clock (the `now_ms` import); natively, the system clock.
+    Host,
+    /// A fixed time, for tests.
+    Fixed(i64),
+}
+
+/// What a rule uses to act: collects its actions for one signal.
+#[derive(Debug)]
+pub struct Ctx {
+    actions: Vec<Action>,
+    clock: Clock,
+}
+
+impl Ctx {
+    /// A context that reads the time from `clock`.
+    pub fn new(clock: Clock) -> Self {
+        Ctx {
+            actions: Vec::new(),
+            clock,
+        }
+    }
+
+    /// Notify `to` (`person:NAME`, `group:NAME` or an address) on the default
+    /// channel.
+    pub fn notify(&mut self, to: impl Into<String>, subject: impl Into<String>, body: impl Into<String>) {
+        self.emit(Action::Notify(Notify::new(to, subject, body)));
+    }
+
+    /// Raise a new signal. It is dispatched to the matching rules after this
+    /// call, with a key derived from this signal's key, this rule and the
+    /// action's index, so both nodes of a pair derive the same key.
+    pub fn raise<K, V>(&mut self, name: impl Into<String>, fields: impl IntoIterator<Item = (K, V)>)
+    where
+        K: Into<String>,
+        V: Into<Value>,
+    {
+        self.emit(Action::Raise(Raise {
+            name: name.into(),
+            fields: fields.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        }));
+    }
+
+    /// Add a line to the event log (and the node's log output).
+    pub fn log(&mut self, level: Level, message: impl Into<String>) {
+        self.emit(Action::Log(Log {
+            level,
+            message: message.into(),
+        }));
+    }
+
+    /// Any action, e.g. a [`Notify`] on another channel.
+    pub fn emit(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    /// The current time in milliseconds since the Unix epoch. Prefer
+    /// `signal.time` for anything that must be the same on replay.
+    pub fn now(&self) -> i64 {
+        match self.clock {
+            Clock::Fixed(t) => t,
+            Clock::Host => abi::host_now_ms(),
+        }
+    }
+
+    /// The actions so far.
+    pub fn actions(&self) -> &[Action] {
+        &self.actions
+    }
+
+    /// Take the actions, leaving the context empty.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+}

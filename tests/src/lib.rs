@@ -1,0 +1,2 @@
+//! Helpers for the end-to-end tests: where the built binary and the built
+//! sample rules are.
