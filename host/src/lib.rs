@@ -1,1 +1,14 @@
+//! Tandem: a rules host for alerting and notification servers.
+//!
+//! Rules are WebAssembly modules (ABI v1, see `tandem-guest`) run against a
+//! stream of signals, only on the node that is the effective primary of a
+//! primary/secondary pair.
+//!
+//! # Layout
+//! - [`engine`]: compile rule modules, keep one instance per rule, dispatch
+//!   signals under a deadline and a memory cap; gated, knows nothing of
+//!   failover.
+//! - [`cli`]: the `tandem` command line; `main.rs` only calls into it.
 
+pub mod cli;
+pub mod engine;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `tandem` binary: a thin adapter over the library's CLI.
+
+fn main() -> std::process::ExitCode {
+    tandem_host::cli::main()
+}

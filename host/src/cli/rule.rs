@@ -1,0 +1,318 @@
+//! `tandem rule new | check | run`: the rule author's tools.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use tandem_guest::{Config, Signal, Value};
+
+use crate::engine::{Engine, EngineConfig, Script};
+
+/// Rule author commands.
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Scaffold a rule crate that builds to a .wasm and passes its own test.
+    New {
+        /// Crate name (lowercase letters, digits, `-`, `_`).
+        name: String,
+        /// Path to the tandem-guest SDK (default: the one in this checkout).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+        /// Parent directory for the new crate.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Validate a module: ABI marker, exports, imports, default signals, and
+    /// an instantiation with its init.
+    Check {
+        file: PathBuf,
+        /// Config (JSON object) for the init check.
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Dry-run a module on one signal; actions are printed as JSON lines on
+    /// stdout. The guest is always called, whatever it subscribes to.
+    Run {
+        file: PathBuf,
+        /// The signal's name.
+        #[arg(long)]
+        signal: String,
+        /// A field, `key=value`; the value is JSON if it parses, else a string.
+        #[arg(long = "field", value_name = "KEY=VALUE")]
+        fields: Vec<String>,
+        /// The rule's config (JSON object).
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long, default_value = "cli")]
+        source: String,
+        #[arg(long, default_value = "dry-run")]
+        key: String,
+        /// Signal time, ms since the Unix epoch (default: now).
+        #[arg(long)]
+        time: Option<i64>,
+        /// Mark the signal as replayed.
+        #[arg(long)]
+        replayed: bool,
+        /// Per-call deadline, e.g. `50ms`.
+        #[arg(long, value_parser = parse_millis, default_value = "50ms")]
+        deadline: Duration,
+    },
+}
+
+/// Run a rule command.
+pub fn run(cmd: RuleCommand) -> anyhow::Result<()> {
+    match cmd {
+        RuleCommand::New { name, sdk, dir } => new(&name, sdk, &dir),
+        RuleCommand::Check { file, config } => check(&file, config.as_deref()),
+        RuleCommand::Run {
+            file,
+            signal,
+            fields,
+            config,
+            source,
+            key,
+            time,
+            replayed,
+            deadline,
+        } => {
+            let mut sig = Signal::new(signal).with_source(source).with_key(key);
+            sig.id = 1;
+            sig.time = time.unwrap_or_else(|| (crate::engine::system_clock())());
+            sig.replayed = replayed;
+            for f in &fields {
+                let (k, v) = parse_field(f)?;
+                sig.fields.insert(k, v);
+            }
+            dry_run(&file, &sig, config.as_deref(), deadline)
+        }
+    }
+}
+
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    let ms = s.strip_suffix("ms").ok_or("use milliseconds, e.g. 50ms")?;
+    ms.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// `k=v`: `v` as JSON if it parses (numbers, booleans, quoted strings,
+/// objects), otherwise the text itself.
+pub fn parse_field(field: &str) -> anyhow::Result<(String, Value)> {
+    let Some((k, v)) = field.split_once('=') else {
+        bail!("field `{field}` is not KEY=VALUE");
+    };
+    if k.is_empty() {
+        bail!("field `{field}` has an empty key");
+    }
+    let value = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::Str(v.to_owned()));
+    Ok((k.to_owned(), value))
+}
+
+fn parse_config(config: Option<&str>) -> anyhow::Result<Config> {
+    match config {
+        None => Ok(Config::new()),
+        Some(text) => serde_json::from_str(text).context("--config must be a JSON object"),
+    }
+}
+
+fn rule_name(file: &Path) -> String {
+    file.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("rule")
+        .to_owned()
+}
+
+fn load(file: &Path) -> anyhow::Result<(Engine, std::sync::Arc<Script>)> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let engine = Engine::new(EngineConfig::default())?;
+    let script = engine.compile(&rule_name(file), &bytes)?;
+    Ok((engine, script))
+}
+
+fn check(file: &Path, config: Option<&str>) -> anyhow::Result<()> {
+    let config = parse_config(config)?;
+    let (engine, script) = load(file)?;
+    engine.instantiate(&rule_name(file), &script, &config, None)?;
+    println!("{}: ok", file.display());
+    println!("  abi: v{}", tandem_guest::ABI_VERSION);
+    println!("  sha256: {}", hex::encode(script.sha256()));
+    println!("  size: {} bytes", script.size());
+    println!("  default signals: {}", script.default_signals().join(", "));
+    println!("  init: {}", if script.has_init() { "exported, ran" } else { "not exported" });
+    println!("  exports: {}", script.exports().join(", "));
+    println!("  imports: {}", script.imports().join(", "));
+    Ok(())
+}
+
+fn dry_run(file: &Path, signal: &Signal, config: Option<&str>, deadline: Duration) -> anyhow::Result<()> {
+    let config = parse_config(config)?;
+    let (engine, script) = load(file)?;
+    let mut instance = engine.instantiate(&rule_name(file), &script, &config, Some(deadline))?;
+    let input = tandem_guest::wire::encode(signal)?;
+    let (actions, result) = instance.call(&input);
+    for action in &actions {
+        println!("{}", serde_json::to_string(action)?);
+    }
+    result.with_context(|| format!("rule `{}` failed on {}", rule_name(file), signal.name))
+}
+
+fn new(name: &str, sdk: Option<PathBuf>, dir: &Path) -> anyhow::Result<()> {
+    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        bail!("`{name}` is not a valid crate name: use lowercase letters, digits, `-` and `_`, starting with a letter");
+    }
+    let sdk = match sdk {
+        Some(p) => p,
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk")),
+    };
+    let sdk = sdk.canonicalize().with_context(|| {
+        format!("the tandem-guest SDK is not at {}; pass --sdk PATH", sdk.display())
+    })?;
+    if !sdk.join("Cargo.toml").is_file() {
+        bail!("{} is not the tandem-guest crate (no Cargo.toml); pass --sdk PATH", sdk.display());
+    }
+    let root = dir.join(name);
+    if root.exists() {
+        bail!("{} already exists", root.display());
+    }
+    std::fs::create_dir_all(root.join("src")).with_context(|| format!("creating {}", root.display()))?;
+    let files = scaffold(name, &sdk);
+    for (path, text) in &files {
+        std::fs::write(root.join(path), text).with_context(|| format!("writing {path}"))?;
+    }
+    let lib = name.replace('-', "_");
+    println!("created rule crate {}", root.display());
+    println!();
+    println!("  cd {}", root.display());
+    println!("  cargo test                                          # native tests through the harness");
+    println!("  cargo build --target wasm32-unknown-unknown --release");
+    println!("  tandem rule check target/wasm32-unknown-unknown/release/{lib}.wasm");
+    Ok(())
+}
+
+fn camel(name: &str) -> String {
+    name.split(['-', '_'])
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The files of a new rule crate.
+fn scaffold(name: &str, sdk: &Path) -> Vec<(&'static str, String)> {
+    let ty = camel(name);
+    let sdk = sdk.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    let cargo = format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+# cdylib: the .wasm the node loads; rlib: native tests and benchmarks.
+[lib]
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+tandem-guest = {{ path = "{sdk}" }}
+
+[profile.release]
+opt-level = 3
+lto = true
+
+# A standalone crate, not part of any enclosing workspace.
+[workspace]
+"#
+    );
+    let lib = format!(
+        r#"//! A Tandem rule: notify when a sensor reports an alarm.
+//!
+//! Build: `cargo build --target wasm32-unknown-unknown --release`.
+
+use tandem_guest::{{export_rule, Config, Ctx, Error, Rule, Signal}};
+
+/// The rule's state lives here, between signals.
+pub struct {ty} {{
+    to: String,
+    seen: u64,
+}}
+
+impl Rule for {ty} {{
+    /// The signals it subscribes to unless its rule row says otherwise.
+    const SIGNALS: &'static [&'static str] = &["ALARM-*"];
+
+    fn init(config: &Config) -> Result<Self, Error> {{
+        Ok({ty} {{
+            to: config.str_or("to", "group:security")?.to_owned(),
+            seen: 0,
+        }})
+    }}
+
+    fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {{
+        self.seen += 1;
+        let zone = signal.str_field("zone").unwrap_or("unknown zone");
+        ctx.notify(
+            &self.to,
+            format!("{{}} in {{zone}}", signal.name),
+            format!("{{}} from {{}} (alarm #{{}} since start)", signal.name, signal.source, self.seen),
+        );
+        Ok(())
+    }}
+}}
+
+export_rule!({ty});
+
+#[cfg(test)]
+mod tests {{
+    use super::*;
+    use tandem_guest::testing::Harness;
+
+    #[test]
+    fn notifies_with_the_zone() {{
+        let mut rule = Harness::<{ty}>::new(&Config::new()).unwrap();
+        let sent = rule
+            .notifications(&Signal::new("ALARM-1").with_source("sensor-9").with_field("zone", "north"))
+            .unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].to, "group:security");
+        assert_eq!(sent[0].subject, "ALARM-1 in north");
+    }}
+}}
+"#
+    );
+    vec![
+        ("Cargo.toml", cargo),
+        ("src/lib.rs", lib),
+        (".gitignore", "/target\n".to_owned()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_parse_as_json_or_text() {
+        assert_eq!(parse_field("n=3").unwrap(), ("n".into(), Value::Int(3)));
+        assert_eq!(parse_field("z=north").unwrap(), ("z".into(), Value::from("north")));
+        assert_eq!(parse_field("b=true").unwrap(), ("b".into(), Value::Bool(true)));
+        assert_eq!(parse_field("s=\"3\"").unwrap(), ("s".into(), Value::from("3")));
+        assert_eq!(parse_field("e=").unwrap(), ("e".into(), Value::from("")));
+        assert!(parse_field("novalue").is_err());
+        assert!(parse_field("=x").is_err());
+    }
+
+    #[test]
+    fn camel_case_type_names() {
+        assert_eq!(camel("door-alarm"), "DoorAlarm");
+        assert_eq!(camel("my_rule2"), "MyRule2");
+    }
+}

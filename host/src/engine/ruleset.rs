@@ -1,0 +1,467 @@
+//! The installed rules and their dispatch.
+//!
+//! A [`RuleSet`] owns one [`Instance`] per rule and the [`DispatchIndex`].
+//! [`RuleSet::install`] replaces the whole set in one step between two
+//! dispatches: a rule whose script, config and deadline are unchanged keeps
+//! its instance (and so its state); the others get a fresh one. A rule that
+//! fails to load keeps its previous version, if it had one.
+//!
+//! [`RuleSet::dispatch`] runs a signal through the gate, the index and the
+//! matching rules, then the signals those rules raised, breadth first, up to
+//! the depth limit. A trap discards the instance (the next call gets a fresh
+//! one); `quarantine_after` traps in a row quarantine the rule until
+//! [`RuleSet::reset`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_guest::{Action, Config, Notify, Signal};
+
+use super::index::DispatchIndex;
+use super::{CallError, Engine, EngineError, EngineStats, Gate, Instance, Script};
+
+/// Signal name prefixes only the host may raise.
+pub const HOST_ONLY_PREFIXES: [&str; 2] = ["FAILOVER-", "NOTIFY-"];
+
+/// What to install for one rule (a `signal_rule` row with its script).
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    pub name: String,
+    pub script: Arc<Script>,
+    /// Patterns; empty means the script's declared defaults.
+    pub signals: Vec<String>,
+    pub config: Config,
+    /// Overrides the engine's default deadline.
+    pub deadline: Option<Duration>,
+    pub enabled: bool,
+}
+
+/// One rule's run for one signal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleRun {
+    pub rule: Arc<str>,
+    /// The name of the signal it ran for (the original or a raised one).
+    pub signal: String,
+    /// That signal's key: notification ids derive from it.
+    pub key: String,
+    /// 0 for the original signal, n for a signal raised n levels down.
+    pub depth: u32,
+    pub actions: Vec<Action>,
+    pub error: Option<CallError>,
+    /// Raise actions the host refused, with why.
+    pub rejected: Vec<String>,
+}
+
+impl RuleRun {
+    /// The notify actions with their index among this run's actions.
+    pub fn notifications(&self) -> impl Iterator<Item = (usize, &Notify)> {
+        self.actions.iter().enumerate().filter_map(|(i, a)| match a {
+            Action::Notify(n) => Some((i, n)),
+            _ => None,
+        })
+    }
+}
+
+/// Everything the rules did for one signal.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    pub runs: Vec<RuleRun>,
+}
+
+/// The result of a dispatch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dispatch {
+    /// The gate was closed: no guest code ran.
+    Suppressed,
+    /// The gate was open; the runs may be empty (nothing matched).
+    Executed(Outcome),
+}
+
+/// What an install changed.
+#[derive(Debug, Default)]
+pub struct InstallReport {
+    /// Rules with a fresh instance.
+    pub loaded: Vec<String>,
+    /// Rules that kept their instance and state.
+    pub kept: Vec<String>,
+    /// Rules no longer installed.
+    pub removed: Vec<String>,
+    /// Rules that failed to load; `true` when the previous version stays.
+    pub failed: Vec<(EngineError, bool)>,
+}
+
+/// A rule's state, for status pages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleStatus {
+    pub name: String,
+    pub enabled: bool,
+    pub patterns: Vec<String>,
+    pub sha256: String,
+    pub quarantined: bool,
+    pub traps_in_row: u32,
+    pub last_error: Option<String>,
+    pub memory_bytes: usize,
+}
+
+/// The key of a signal raised by `rule` as its action number `index` while
+/// handling a signal with key `parent`: the same on both nodes of a pair.
+pub fn derive_key(parent: &str, rule: &str, index: usize) -> String {
+    format!("{parent}/{rule}/{index}")
+}
+
+#[derive(Debug)]
+struct Loaded {
+    name: Arc<str>,
+    script: Arc<Script>,
+    patterns: Vec<String>,
+    config: Vec<u8>,
+    deadline: Option<Duration>,
+    enabled: bool,
+    instance: Option<Instance>,
+    traps_in_row: u32,
+    quarantined: bool,
+    last_error: Option<String>,
+}
+
+impl Loaded {
+    fn same_instance_inputs(&self, script: &Script, config: &[u8], deadline: Option<Duration>) -> bool {
+        self.script.sha256() == script.sha256() && self.config == config && self.deadline == deadline
+    }
+}
+
+/// The installed rules of one node.
+#[derive(Debug)]
+pub struct RuleSet {
+    engine: Engine,
+    gate: Gate,
+    rules: Vec<Loaded>,
+    index: DispatchIndex,
+    encoded: Vec<u8>,
+    glob_scratch: Vec<usize>,
+    matched: Vec<u32>,
+}
+
+impl RuleSet {
+    /// An empty rule set that runs rules only while `gate` is open.
+    pub fn new(engine: Engine, gate: Gate) -> Self {
+        RuleSet {
+            engine,
+            gate,
+            rules: Vec::new(),
+            index: DispatchIndex::default(),
+            encoded: Vec::new(),
+            glob_scratch: Vec::new(),
+            matched: Vec::new(),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Replace the installed rules with `specs` (see the module docs).
+    pub fn install(&mut self, specs: Vec<RuleSpec>) -> InstallReport {
+        let mut report = InstallReport::default();
+        let mut old: HashMap<Arc<str>, Loaded> =
+            self.rules.drain(..).map(|r| (r.name.clone(), r)).collect();
+        let mut next = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let previous = old.remove(spec.name.as_str());
+            match self.load(spec, previous, &mut report) {
+                Ok(l) | Err(Some(l)) => next.push(l),
+                Err(None) => {}
+            }
+        }
+        report.removed = old.into_keys().map(|k| k.to_string()).collect();
+        report.removed.sort();
+        next.sort_by(|a, b| a.name.cmp(&b.name));
+        // Every pattern was checked in `load`, so this cannot fail; if it
+        // somehow does, dispatch nothing rather than something wrong.
+        self.index = DispatchIndex::build(
+            next.iter()
+                .enumerate()
+                .filter(|(_, r)| r.enabled)
+                .map(|(i, r)| (i as u32, r.patterns.as_slice())),
+        )
+        .unwrap_or_else(|e| {
+            tracing::error!("dispatch index: {e}");
+            DispatchIndex::default()
+        });
+        self.rules = next;
+        report
+    }
+
+    /// Load one spec. `Ok`: the new version; `Err(Some)`: it failed and the
+    /// previous version stays; `Err(None)`: it failed and there is none.
+    fn load(
+        &self,
+        spec: RuleSpec,
+        previous: Option<Loaded>,
+        report: &mut InstallReport,
+    ) -> Result<Loaded, Option<Loaded>> {
+        let name = spec.name.clone();
+        let patterns = if spec.signals.is_empty() {
+            spec.script.default_signals().to_vec()
+        } else {
+            spec.signals
+        };
+        let config = tandem_guest::wire::encode(&spec.config).unwrap_or_default();
+        let fail = |report: &mut InstallReport, e: EngineError, previous: Option<Loaded>| {
+            report.failed.push((e, previous.is_some()));
+            Err(previous)
+        };
+        if let Some(bad) = patterns.iter().find(|p| !super::valid_pattern(p)) {
+            let reason = format!("invalid signal pattern `{bad}`: use A-Z, 0-9, `_`, `-` and `*`");
+            return fail(report, EngineError::Patterns { rule: name, reason }, previous);
+        }
+        if let Some(mut prev) = previous {
+            if prev.same_instance_inputs(&spec.script, &config, spec.deadline) {
+                prev.patterns = patterns;
+                prev.enabled = spec.enabled;
+                prev.script = spec.script;
+                report.kept.push(name);
+                return Ok(prev);
+            }
+            return match self
+                .engine
+                .instantiate_encoded(&name, &spec.script, &config, spec.deadline)
+            {
+                Ok(instance) => {
+                    report.loaded.push(name.clone());
+                    Ok(Self::loaded(name, spec.script, patterns, config, spec.deadline, spec.enabled, instance))
+                }
+                Err(e) => fail(report, e, Some(prev)),
+            };
+        }
+        match self
+            .engine
+            .instantiate_encoded(&name, &spec.script, &config, spec.deadline)
+        {
+            Ok(instance) => {
+                report.loaded.push(name.clone());
+                Ok(Self::loaded(name, spec.script, patterns, config, spec.deadline, spec.enabled, instance))
+            }
+            Err(e) => fail(report, e, None),
+        }
+    }
+
+    fn loaded(
+        name: String,
+        script: Arc<Script>,
+        patterns: Vec<String>,
+        config: Vec<u8>,
+        deadline: Option<Duration>,
+        enabled: bool,
+        instance: Instance,
+    ) -> Loaded {
+        Loaded {
+            name: name.into(),
+            script,
+            patterns,
+            config,
+            deadline,
+            enabled,
+            instance: Some(instance),
+            traps_in_row: 0,
+            quarantined: false,
+            last_error: None,
+        }
+    }
+
+    /// Run `signal` through the gate and the rules it matches, then what
+    /// they raised.
+    pub fn dispatch(&mut self, signal: &Signal) -> Dispatch {
+        let gate = self.gate.clone();
+        let Some(_in_flight) = gate.enter() else {
+            return Dispatch::Suppressed;
+        };
+        Dispatch::Executed(self.run(signal))
+    }
+
+    fn run(&mut self, signal: &Signal) -> Outcome {
+        let mut outcome = Outcome::default();
+        let mut queue = VecDeque::new();
+        self.process(signal, 0, &mut queue, &mut outcome);
+        while let Some((raised, depth)) = queue.pop_front() {
+            self.process(&raised, depth, &mut queue, &mut outcome);
+        }
+        outcome
+    }
+
+    /// Run one signal (original or raised) through the index and its rules;
+    /// what they raise joins `queue`.
+    fn process(
+        &mut self,
+        sig: &Signal,
+        depth: u32,
+        queue: &mut VecDeque<(Signal, u32)>,
+        outcome: &mut Outcome,
+    ) {
+        self.index
+            .lookup(&sig.name, &mut self.glob_scratch, &mut self.matched);
+        if self.matched.is_empty() {
+            return;
+        }
+        // Encoded once, however many rules it reaches.
+        if let Err(e) = tandem_guest::wire::encode_into(&mut self.encoded, sig) {
+            tracing::error!(signal = %sig.name, "could not encode signal: {e}");
+            return;
+        }
+        let max_depth = self.engine.config().raise_depth;
+        for i in 0..self.matched.len() {
+            let idx = self.matched[i] as usize;
+            let run = self.call(idx, sig, depth, max_depth, queue);
+            outcome.runs.push(run);
+        }
+    }
+
+    /// Call rule `idx` with the encoded signal in `self.encoded`.
+    fn call(
+        &mut self,
+        idx: usize,
+        sig: &Signal,
+        depth: u32,
+        max_depth: u32,
+        queue: &mut VecDeque<(Signal, u32)>,
+    ) -> RuleRun {
+        let stats = self.engine.stats();
+        let quarantine_after = self.engine.config().quarantine_after;
+        let rule = &mut self.rules[idx];
+        let mut run = RuleRun {
+            rule: rule.name.clone(),
+            signal: sig.name.clone(),
+            key: sig.key.clone(),
+            depth,
+            actions: Vec::new(),
+            error: None,
+            rejected: Vec::new(),
+        };
+        if rule.quarantined {
+            run.error = Some(CallError::Quarantined {
+                traps: rule.traps_in_row,
+                last: rule.last_error.clone().unwrap_or_default(),
+            });
+            return run;
+        }
+        if rule.instance.is_none() {
+            match self
+                .engine
+                .instantiate_encoded(&rule.name, &rule.script, &rule.config, rule.deadline)
+            {
+                Ok(i) => rule.instance = Some(i),
+                Err(e) => {
+                    let error = CallError::NotInstantiated(e.to_string());
+                    Self::note_trap(rule, &error, stats, quarantine_after);
+                    run.error = Some(error);
+                    return run;
+                }
+            }
+        }
+        let Some(instance) = rule.instance.as_mut() else {
+            return run;
+        };
+        EngineStats::bump(&stats.calls);
+        let (actions, result) = instance.call(&self.encoded);
+        match result {
+            Ok(()) => rule.traps_in_row = 0,
+            Err(e) if e.is_trap() => {
+                rule.instance = None;
+                Self::note_trap(rule, &e, stats, quarantine_after);
+                run.error = Some(e);
+            }
+            Err(e) => {
+                rule.traps_in_row = 0;
+                rule.last_error = Some(e.to_string());
+                run.error = Some(e);
+            }
+        }
+        for (i, action) in actions.iter().enumerate() {
+            let Action::Raise(raise) = action else { continue };
+            if let Err(why) = check_raise(&raise.name, depth, max_depth) {
+                run.rejected.push(why);
+                continue;
+            }
+            queue.push_back((
+                Signal {
+                    id: sig.id,
+                    key: derive_key(&sig.key, &run.rule, i),
+                    name: raise.name.clone(),
+                    source: run.rule.to_string(),
+                    time: sig.time,
+                    fields: raise.fields.clone(),
+                    replayed: sig.replayed,
+                },
+                depth + 1,
+            ));
+        }
+        run.actions = actions;
+        run
+    }
+
+    fn note_trap(rule: &mut Loaded, error: &CallError, stats: &EngineStats, after: u32) {
+        EngineStats::bump(&stats.traps);
+        if matches!(error, CallError::Deadline(_)) {
+            EngineStats::bump(&stats.deadline_hits);
+        }
+        rule.traps_in_row += 1;
+        rule.last_error = Some(error.to_string());
+        tracing::warn!(rule = %rule.name, traps_in_row = rule.traps_in_row, "rule trapped: {error}");
+        if rule.traps_in_row >= after && !rule.quarantined {
+            rule.quarantined = true;
+            EngineStats::bump(&stats.quarantines);
+            tracing::error!(rule = %rule.name, "rule quarantined after {} traps in a row: {error}", rule.traps_in_row);
+        }
+    }
+
+    /// Clear a rule's quarantine and trap count. `false` if no such rule.
+    pub fn reset(&mut self, name: &str) -> bool {
+        let Some(rule) = self.rules.iter_mut().find(|r| &*r.name == name) else {
+            return false;
+        };
+        rule.quarantined = false;
+        rule.traps_in_row = 0;
+        true
+    }
+
+    /// Every rule's state, by name.
+    pub fn status(&self) -> Vec<RuleStatus> {
+        self.rules
+            .iter()
+            .map(|r| RuleStatus {
+                name: r.name.to_string(),
+                enabled: r.enabled,
+                patterns: r.patterns.clone(),
+                sha256: hex::encode(r.script.sha256()),
+                quarantined: r.quarantined,
+                traps_in_row: r.traps_in_row,
+                last_error: r.last_error.clone(),
+                memory_bytes: r.instance.as_ref().map_or(0, Instance::memory_bytes),
+            })
+            .collect()
+    }
+
+    /// How many rules are installed.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether no rule is installed.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+fn check_raise(name: &str, depth: u32, max_depth: u32) -> Result<(), String> {
+    if !super::valid_name(name) {
+        return Err(format!("raise of `{name}` refused: not a valid signal name"));
+    }
+    if let Some(p) = HOST_ONLY_PREFIXES.iter().find(|p| name.starts_with(*p)) {
+        return Err(format!("raise of `{name}` refused: `{p}` signals are raised by the host only"));
+    }
+    if depth + 1 > max_depth {
+        return Err(format!("raise of `{name}` refused: raise depth limit of {max_depth} reached"));
+    }
+    Ok(())
+}
