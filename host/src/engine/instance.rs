@@ -245,15 +245,13 @@ impl Instance {
         if let Some(panic) = state.error.take() {
             return CallError::Panic(panic);
         }
-        CallError::Trap(first_line(&format!("{err:#}")))
+        // Wasmtime wraps the cause in a backtrace context; the root cause is
+        // what happened ("wasm trap: integer divide by zero", or a host
+        // import's own message).
+        CallError::Trap(err.root_cause().to_string())
     }
 }
 
 fn len_i32(len: usize) -> Result<i32, CallError> {
     i32::try_from(len).map_err(|_| CallError::Trap(format!("input of {len} bytes is too large")))
-}
-
-/// Wasmtime appends a backtrace; the first line says what happened.
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).to_owned()
 }
