@@ -260,7 +260,12 @@ pub mod __private {
                     .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
                     .unwrap_or("(non-string panic payload)");
                 let message = match info.location() {
-                    Some(l) => format!("panicked at {}:{}:{}: {what}", l.file(), l.line(), l.column()),
+                    Some(l) => format!(
+                        "panicked at {}:{}:{}: {what}",
+                        l.file(),
+                        l.line(),
+                        l.column()
+                    ),
                     None => format!("panicked: {what}"),
                 };
                 super::report_error(&message);

@@ -156,7 +156,12 @@ impl Ctx {
 
     /// Notify `to` (`person:NAME`, `group:NAME` or an address) on the default
     /// channel.
-    pub fn notify(&mut self, to: impl Into<String>, subject: impl Into<String>, body: impl Into<String>) {
+    pub fn notify(
+        &mut self,
+        to: impl Into<String>,
+        subject: impl Into<String>,
+        body: impl Into<String>,
+    ) {
         self.emit(Action::Notify(Notify::new(to, subject, body)));
     }
 
@@ -170,7 +175,10 @@ impl Ctx {
     {
         self.emit(Action::Raise(Raise {
             name: name.into(),
-            fields: fields.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
         }));
     }
 

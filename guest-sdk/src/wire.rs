@@ -550,7 +550,10 @@ mod tests {
     #[test]
     fn big_unsigned_integers_become_floats() {
         let bytes = rmp_serde::to_vec(&u64::MAX).unwrap();
-        assert_eq!(decode::<Value>(&bytes).unwrap(), Value::Float(u64::MAX as f64));
+        assert_eq!(
+            decode::<Value>(&bytes).unwrap(),
+            Value::Float(u64::MAX as f64)
+        );
     }
 
     #[test]
@@ -566,6 +569,9 @@ mod tests {
     #[test]
     fn display_is_plain_text() {
         assert_eq!(Value::from("north").to_string(), "north");
-        assert_eq!(Value::Array(vec![1.into(), "a".into()]).to_string(), "[1, a]");
+        assert_eq!(
+            Value::Array(vec![1.into(), "a".into()]).to_string(),
+            "[1, a]"
+        );
     }
 }

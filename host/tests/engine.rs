@@ -1,6 +1,8 @@
 //! The engine against real modules: the sample rules built to wasm by
 //! `make rules`, and hostile WAT fixtures.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -56,7 +58,10 @@ fn small(name: &str) -> Signal {
 }
 
 fn notifies(o: &Outcome) -> Vec<&tandem_guest::Notify> {
-    o.runs.iter().flat_map(|r| r.notifications().map(|(_, n)| n)).collect()
+    o.runs
+        .iter()
+        .flat_map(|r| r.notifications().map(|(_, n)| n))
+        .collect()
 }
 
 // ---------------------------------------------------------------- samples
@@ -64,7 +69,9 @@ fn notifies(o: &Outcome) -> Vec<&tandem_guest::Notify> {
 #[test]
 fn failover_on_notifies_through_the_real_failover_notify_wasm() {
     let e = engine();
-    let script = e.compile("failover-notify", &sample_wasm("failover_notify")).unwrap();
+    let script = e
+        .compile("failover-notify", &sample_wasm("failover_notify"))
+        .unwrap();
     assert_eq!(script.default_signals(), ["FAILOVER-ON", "FAILOVER-OFF"]);
     let mut rs = ruleset(&e, vec![spec("failover-notify", &script)]);
     let on = Signal::new("FAILOVER-ON")
@@ -80,28 +87,45 @@ fn failover_on_notifies_through_the_real_failover_notify_wasm() {
     let n = notifies(&o);
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].to, "group:oncall");
-    assert!(n[0].body.contains("offline since 2025-11-22 02:53:20 UTC"), "{}", n[0].body);
+    assert!(
+        n[0].body.contains("offline since 2025-11-22 02:53:20 UTC"),
+        "{}",
+        n[0].body
+    );
 
     let off = executed(rs.dispatch(&Signal::new("FAILOVER-OFF").with_field("primary", "dev4120")));
     assert!(notifies(&off)[0].body.contains("is back"));
     // Not subscribed: never enters WebAssembly.
     let calls = e.stats().calls.load(std::sync::atomic::Ordering::Relaxed);
     assert!(executed(rs.dispatch(&small("DOOR-1-OPEN"))).runs.is_empty());
-    assert_eq!(e.stats().calls.load(std::sync::atomic::Ordering::Relaxed), calls);
+    assert_eq!(
+        e.stats().calls.load(std::sync::atomic::Ordering::Relaxed),
+        calls
+    );
 }
 
 #[test]
 fn panic_button_names_source_and_location() {
     let e = engine();
-    let script = e.compile("panic-button", &sample_wasm("panic_button")).unwrap();
+    let script = e
+        .compile("panic-button", &sample_wasm("panic_button"))
+        .unwrap();
     let mut rs = ruleset(&e, vec![spec("panic-button", &script)]);
-    let o = executed(rs.dispatch(
-        &Signal::new("PANIC-3").with_source("button-3").with_field("location", "lobby"),
-    ));
+    let o = executed(
+        rs.dispatch(
+            &Signal::new("PANIC-3")
+                .with_source("button-3")
+                .with_field("location", "lobby"),
+        ),
+    );
     let n = notifies(&o);
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].to, "group:security");
-    assert!(n[0].body.contains("button-3") && n[0].body.contains("lobby"), "{}", n[0].body);
+    assert!(
+        n[0].body.contains("button-3") && n[0].body.contains("lobby"),
+        "{}",
+        n[0].body
+    );
 }
 
 #[test]
@@ -121,7 +145,10 @@ fn door_held_open_keeps_state_and_its_raise_is_dispatched() {
     assert_eq!(notifies(&o).len(), 1);
     assert!(matches!(&o.runs[0].actions[0], Action::Raise(r) if r.name == "DOOR-HELD-OPEN"));
     let raised = &o.runs[1];
-    assert_eq!((raised.signal.as_str(), raised.depth), ("DOOR-HELD-OPEN", 1));
+    assert_eq!(
+        (raised.signal.as_str(), raised.depth),
+        ("DOOR-HELD-OPEN", 1)
+    );
     assert_eq!(raised.key, "tick-2/door/0");
     assert_eq!(raised.error, None);
 }
@@ -151,13 +178,21 @@ fn an_infinite_loop_hits_the_deadline_and_the_host_carries_on() {
     let mut rs = ruleset(&e, vec![s]);
     let started = Instant::now();
     let o = executed(rs.dispatch(&big("X")));
-    assert_eq!(o.runs[0].error, Some(CallError::Deadline(Duration::from_millis(30))));
+    assert_eq!(
+        o.runs[0].error,
+        Some(CallError::Deadline(Duration::from_millis(30)))
+    );
     // Generous: the deadline is 30 ms; a hang would be forever.
     assert!(started.elapsed() < Duration::from_secs(5));
     // The next call gets a fresh instance and works.
     let o = executed(rs.dispatch(&small("X")));
     assert_eq!(o.runs[0].error, None);
-    assert_eq!(e.stats().deadline_hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        e.stats()
+            .deadline_hits
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[test]
@@ -172,7 +207,10 @@ fn a_memory_grower_hits_the_cap() {
     s.signals = vec!["X".into()];
     let mut rs = ruleset(&e, vec![s]);
     let o = executed(rs.dispatch(&small("X")));
-    assert_eq!(o.runs[0].error, Some(CallError::MemoryLimit { limit: 4 << 20 }));
+    assert_eq!(
+        o.runs[0].error,
+        Some(CallError::MemoryLimit { limit: 4 << 20 })
+    );
     // The trapped instance's memory went back to the budget; the fresh one
     // holds its single page.
     executed(rs.dispatch(&small("X")));
@@ -235,15 +273,34 @@ fn five_traps_in_a_row_quarantine_until_reset() {
     s.signals = vec!["X".into()];
     let mut rs = ruleset(&e, vec![s]);
     for _ in 0..5 {
-        assert!(executed(rs.dispatch(&big("X"))).runs[0].error.as_ref().is_some_and(CallError::is_trap));
+        assert!(
+            executed(rs.dispatch(&big("X"))).runs[0]
+                .error
+                .as_ref()
+                .is_some_and(CallError::is_trap)
+        );
     }
     let st = &rs.status()[0];
     assert!(st.quarantined);
-    assert!(st.last_error.as_deref().is_some_and(|m| m.contains("divide by zero")));
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("divide by zero"))
+    );
     let calls = e.stats().calls.load(std::sync::atomic::Ordering::Relaxed);
     let o = executed(rs.dispatch(&small("X")));
-    assert!(matches!(o.runs[0].error, Some(CallError::Quarantined { traps: 5, .. })), "{o:?}");
-    assert_eq!(e.stats().calls.load(std::sync::atomic::Ordering::Relaxed), calls, "no guest call");
+    assert!(
+        matches!(
+            o.runs[0].error,
+            Some(CallError::Quarantined { traps: 5, .. })
+        ),
+        "{o:?}"
+    );
+    assert_eq!(
+        e.stats().calls.load(std::sync::atomic::Ordering::Relaxed),
+        calls,
+        "no guest call"
+    );
     assert!(rs.reset("trap"));
     assert!(!rs.reset("nope"));
     assert_eq!(executed(rs.dispatch(&small("X"))).runs[0].error, None);
@@ -251,22 +308,37 @@ fn five_traps_in_a_row_quarantine_until_reset() {
 
 #[test]
 fn a_module_without_the_marker_is_refused_by_name() {
-    let err = engine().compile("nomark", &fixture("no-marker")).unwrap_err();
+    let err = engine()
+        .compile("nomark", &fixture("no-marker"))
+        .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, EngineError::Abi { .. }), "{err:?}");
-    assert!(text.contains("rule `nomark`") && text.contains("tandem_abi_v1"), "{text}");
+    assert!(
+        text.contains("rule `nomark`") && text.contains("tandem_abi_v1"),
+        "{text}"
+    );
 }
 
 #[test]
 fn an_unknown_import_is_refused_by_name() {
-    let err = engine().compile("imp", &fixture("unknown-import")).unwrap_err();
+    let err = engine()
+        .compile("imp", &fixture("unknown-import"))
+        .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("rule `imp`") && text.contains("`env.abort`"), "{text}");
+    assert!(
+        text.contains("rule `imp`") && text.contains("`env.abort`"),
+        "{text}"
+    );
 }
 
 #[test]
 fn malformed_bytes_are_refused() {
-    for bytes in [&b""[..], b"\0asm", b"\0asm\x01\0\0\0garbage", b"not wasm at all"] {
+    for bytes in [
+        &b""[..],
+        b"\0asm",
+        b"\0asm\x01\0\0\0garbage",
+        b"not wasm at all",
+    ] {
         let err = engine().compile("junk", bytes).unwrap_err();
         assert!(matches!(err, EngineError::Malformed { .. }), "{err:?}");
         assert!(err.to_string().contains("rule `junk`"), "{err}");
@@ -304,7 +376,11 @@ fn raises_stop_at_the_depth_limit() {
     let o = executed(rs.dispatch(&small("LOOP").with_key("k")));
     assert_eq!(o.runs.len(), 9, "depth 0 to 8");
     assert_eq!(o.runs[8].depth, 8);
-    assert!(o.runs[8].rejected[0].contains("depth limit of 8"), "{:?}", o.runs[8].rejected);
+    assert!(
+        o.runs[8].rejected[0].contains("depth limit of 8"),
+        "{:?}",
+        o.runs[8].rejected
+    );
     assert_eq!(o.runs[2].key, "k/looper/0/looper/0");
 }
 
@@ -344,12 +420,17 @@ fn host_only_names_cannot_be_raised() {
 #[test]
 fn a_closed_gate_suppresses_without_running_guest_code() {
     let e = engine();
-    let script = e.compile("panic-button", &sample_wasm("panic_button")).unwrap();
+    let script = e
+        .compile("panic-button", &sample_wasm("panic_button"))
+        .unwrap();
     let gate = Gate::new(false);
     let mut rs = RuleSet::new(e.clone(), gate.clone());
     rs.install(vec![spec("panic-button", &script)]);
     assert_eq!(rs.dispatch(&small("PANIC-1")), Dispatch::Suppressed);
-    assert_eq!(e.stats().calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        e.stats().calls.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     gate.open();
     assert_eq!(notifies(&executed(rs.dispatch(&small("PANIC-1")))).len(), 1);
 }
@@ -367,12 +448,24 @@ fn modules_are_compiled_once_and_cached_on_disk() {
     let a = e1.compile("a", &bytes).unwrap();
     let b = e1.compile("b", &bytes).unwrap();
     assert!(Arc::ptr_eq(&a, &b));
-    assert_eq!((e1.stats().compiles.load(Relaxed), e1.stats().memory_hits.load(Relaxed)), (1, 1));
+    assert_eq!(
+        (
+            e1.stats().compiles.load(Relaxed),
+            e1.stats().memory_hits.load(Relaxed)
+        ),
+        (1, 1)
+    );
 
     // A restarted node: same directory, new engine. No compile.
     let e2 = Engine::new(cfg).unwrap();
     let c = e2.compile("a", &bytes).unwrap();
-    assert_eq!((e2.stats().compiles.load(Relaxed), e2.stats().disk_hits.load(Relaxed)), (0, 1));
+    assert_eq!(
+        (
+            e2.stats().compiles.load(Relaxed),
+            e2.stats().disk_hits.load(Relaxed)
+        ),
+        (0, 1)
+    );
     let mut rs = ruleset(&e2, vec![spec("a", &c)]);
     let o = executed(rs.dispatch(&small("SENSOR-X").with_field("value", 1)));
     assert_eq!(o.runs[0].error, None);
@@ -387,7 +480,12 @@ fn a_corrupt_disk_cache_entry_is_dropped_and_recompiled() {
         ..EngineConfig::default()
     };
     let bytes = sample_wasm("panic_button");
-    drop(Engine::new(cfg.clone()).unwrap().compile("p", &bytes).unwrap());
+    drop(
+        Engine::new(cfg.clone())
+            .unwrap()
+            .compile("p", &bytes)
+            .unwrap(),
+    );
     for entry in walk(dir.path()) {
         std::fs::write(entry, b"garbage").unwrap();
     }
@@ -453,7 +551,10 @@ fn reinstall_keeps_unchanged_rules_and_their_state() {
     let mut p = spec("panic", &panic);
     p.config = Config::new().with("to", "group:guards");
     let report = rs.install(vec![d.clone(), p]);
-    assert_eq!((report.kept.as_slice(), report.loaded.as_slice()), (&["door".to_owned()][..], &["panic".to_owned()][..]));
+    assert_eq!(
+        (report.kept.as_slice(), report.loaded.as_slice()),
+        (&["door".to_owned()][..], &["panic".to_owned()][..])
+    );
     let o = executed(rs.dispatch(&small("TICK").with_time(t0 + 10_000)));
     assert_eq!(notifies(&o).len(), 1, "door state survived the reload");
     let o = executed(rs.dispatch(&small("PANIC-1")));
@@ -465,7 +566,12 @@ fn reinstall_keeps_unchanged_rules_and_their_state() {
     let report = rs.install(vec![d2]);
     assert_eq!(report.loaded, ["door"]);
     assert_eq!(report.removed, ["panic"]);
-    assert!(notifies(&executed(rs.dispatch(&small("TICK").with_time(t0 + 60_000)))).is_empty());
+    assert!(
+        notifies(&executed(
+            rs.dispatch(&small("TICK").with_time(t0 + 60_000))
+        ))
+        .is_empty()
+    );
 }
 
 #[test]
@@ -499,7 +605,12 @@ fn disabled_rules_and_overridden_patterns() {
     let mut bad = spec("panic", &script);
     bad.signals = vec!["bell".into()];
     let report = rs.install(vec![bad]);
-    assert!(report.failed[0].0.to_string().contains("invalid signal pattern `bell`"));
+    assert!(
+        report.failed[0]
+            .0
+            .to_string()
+            .contains("invalid signal pattern `bell`")
+    );
 }
 
 #[test]
@@ -511,7 +622,16 @@ fn fields_of_every_type_reach_the_guest() {
     let mut rs = ruleset(&e, vec![s]);
     let sig = small("SENSOR-1")
         .with_field("value", "2.5")
-        .with_field("nested", Value::Map([("a".to_owned(), Value::Array(vec![Value::Nil, Value::Bool(true)]))].into()))
+        .with_field(
+            "nested",
+            Value::Map(
+                [(
+                    "a".to_owned(),
+                    Value::Array(vec![Value::Nil, Value::Bool(true)]),
+                )]
+                .into(),
+            ),
+        )
         .with_field("bin", Value::Bin(vec![0, 1, 2]));
     assert_eq!(notifies(&executed(rs.dispatch(&sig))).len(), 1);
 }

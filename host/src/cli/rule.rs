@@ -139,13 +139,25 @@ fn check(file: &Path, config: Option<&str>) -> anyhow::Result<()> {
     println!("  sha256: {}", hex::encode(script.sha256()));
     println!("  size: {} bytes", script.size());
     println!("  default signals: {}", script.default_signals().join(", "));
-    println!("  init: {}", if script.has_init() { "exported, ran" } else { "not exported" });
+    println!(
+        "  init: {}",
+        if script.has_init() {
+            "exported, ran"
+        } else {
+            "not exported"
+        }
+    );
     println!("  exports: {}", script.exports().join(", "));
     println!("  imports: {}", script.imports().join(", "));
     Ok(())
 }
 
-fn dry_run(file: &Path, signal: &Signal, config: Option<&str>, deadline: Duration) -> anyhow::Result<()> {
+fn dry_run(
+    file: &Path,
+    signal: &Signal,
+    config: Option<&str>,
+    deadline: Duration,
+) -> anyhow::Result<()> {
     let config = parse_config(config)?;
     let (engine, script) = load(file)?;
     let mut instance = engine.instantiate(&rule_name(file), &script, &config, Some(deadline))?;
@@ -163,23 +175,32 @@ fn new(name: &str, sdk: Option<PathBuf>, dir: &Path) -> anyhow::Result<()> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !valid {
-        bail!("`{name}` is not a valid crate name: use lowercase letters, digits, `-` and `_`, starting with a letter");
+        bail!(
+            "`{name}` is not a valid crate name: use lowercase letters, digits, `-` and `_`, starting with a letter"
+        );
     }
     let sdk = match sdk {
         Some(p) => p,
         None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk")),
     };
     let sdk = sdk.canonicalize().with_context(|| {
-        format!("the tandem-guest SDK is not at {}; pass --sdk PATH", sdk.display())
+        format!(
+            "the tandem-guest SDK is not at {}; pass --sdk PATH",
+            sdk.display()
+        )
     })?;
     if !sdk.join("Cargo.toml").is_file() {
-        bail!("{} is not the tandem-guest crate (no Cargo.toml); pass --sdk PATH", sdk.display());
+        bail!(
+            "{} is not the tandem-guest crate (no Cargo.toml); pass --sdk PATH",
+            sdk.display()
+        );
     }
     let root = dir.join(name);
     if root.exists() {
         bail!("{} already exists", root.display());
     }
-    std::fs::create_dir_all(root.join("src")).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::create_dir_all(root.join("src"))
+        .with_context(|| format!("creating {}", root.display()))?;
     let files = scaffold(name, &sdk);
     for (path, text) in &files {
         std::fs::write(root.join(path), text).with_context(|| format!("writing {path}"))?;
@@ -188,7 +209,9 @@ fn new(name: &str, sdk: Option<PathBuf>, dir: &Path) -> anyhow::Result<()> {
     println!("created rule crate {}", root.display());
     println!();
     println!("  cd {}", root.display());
-    println!("  cargo test                                          # native tests through the harness");
+    println!(
+        "  cargo test                                          # native tests through the harness"
+    );
     println!("  cargo build --target wasm32-unknown-unknown --release");
     println!("  tandem rule check target/wasm32-unknown-unknown/release/{lib}.wasm");
     Ok(())
@@ -209,7 +232,11 @@ fn camel(name: &str) -> String {
 /// The files of a new rule crate.
 fn scaffold(name: &str, sdk: &Path) -> Vec<(&'static str, String)> {
     let ty = camel(name);
-    let sdk = sdk.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    let sdk = sdk
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
     let cargo = format!(
         r#"[package]
 name = "{name}"
@@ -302,9 +329,18 @@ mod tests {
     #[test]
     fn fields_parse_as_json_or_text() {
         assert_eq!(parse_field("n=3").unwrap(), ("n".into(), Value::Int(3)));
-        assert_eq!(parse_field("z=north").unwrap(), ("z".into(), Value::from("north")));
-        assert_eq!(parse_field("b=true").unwrap(), ("b".into(), Value::Bool(true)));
-        assert_eq!(parse_field("s=\"3\"").unwrap(), ("s".into(), Value::from("3")));
+        assert_eq!(
+            parse_field("z=north").unwrap(),
+            ("z".into(), Value::from("north"))
+        );
+        assert_eq!(
+            parse_field("b=true").unwrap(),
+            ("b".into(), Value::Bool(true))
+        );
+        assert_eq!(
+            parse_field("s=\"3\"").unwrap(),
+            ("s".into(), Value::from("3"))
+        );
         assert_eq!(parse_field("e=").unwrap(), ("e".into(), Value::from("")));
         assert!(parse_field("novalue").is_err());
         assert!(parse_field("=x").is_err());

@@ -130,7 +130,9 @@ fn write_atomically(path: &Path, module: &Module) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("module"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("module"),
         std::process::id()
     ));
     std::fs::write(&tmp, bytes)?;

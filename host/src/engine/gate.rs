@@ -76,7 +76,8 @@ mod tests {
         // The closer must still be waiting while a dispatch is in flight.
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
         drop(guard);
-        rx.recv_timeout(Duration::from_secs(5)).expect("close returned");
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("close returned");
         closer.join().expect("closer thread");
         assert!(!g.is_open());
     }

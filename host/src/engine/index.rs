@@ -16,7 +16,8 @@ pub fn valid_pattern(pattern: &str) -> bool {
     chars
         .next()
         .is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '*')
-        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '*'))
+        && chars
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '*'))
 }
 
 /// Whether `name` is a valid signal name: `[A-Z0-9][A-Z0-9_-]*`.
@@ -95,8 +96,13 @@ mod tests {
             .iter()
             .map(|ps| ps.iter().map(|p| p.to_string()).collect())
             .collect();
-        DispatchIndex::build(owned.iter().enumerate().map(|(i, p)| (i as u32, p.as_slice())))
-            .unwrap()
+        DispatchIndex::build(
+            owned
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as u32, p.as_slice())),
+        )
+        .unwrap()
     }
 
     fn find(ix: &DispatchIndex, name: &str) -> Vec<u32> {
@@ -107,7 +113,12 @@ mod tests {
 
     #[test]
     fn exact_and_globs_merge_sorted_and_deduplicated() {
-        let ix = idx(&[&["DOOR-1-OPEN"], &["DOOR-*-OPEN", "DOOR-1-*"], &["*"], &["PANIC-*"]]);
+        let ix = idx(&[
+            &["DOOR-1-OPEN"],
+            &["DOOR-*-OPEN", "DOOR-1-*"],
+            &["*"],
+            &["PANIC-*"],
+        ]);
         assert_eq!(find(&ix, "DOOR-1-OPEN"), vec![0, 1, 2]);
         assert_eq!(find(&ix, "DOOR-22-OPEN"), vec![1, 2]);
         assert_eq!(find(&ix, "PANIC-1"), vec![2, 3]);

@@ -121,10 +121,11 @@ impl Instance {
             deadline_ticks,
         };
         if let Some(init) = init {
-            this.invoke(init, config).map_err(|error| EngineError::Init {
-                rule: rule.to_owned(),
-                error,
-            })?;
+            this.invoke(init, config)
+                .map_err(|error| EngineError::Init {
+                    rule: rule.to_owned(),
+                    error,
+                })?;
         }
         Ok(this)
     }
@@ -173,9 +174,10 @@ impl Instance {
     fn invoke(&mut self, f: TypedFunc<(i32, i32), i32>, input: &[u8]) -> Result<(), CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.store.data_mut().reset_call();
-        let result = self
-            .write_input(input)
-            .and_then(|ptr| f.call(&mut self.store, (ptr, len_i32(input.len())?)).map_err(|e| self.classify(e)))?;
+        let result = self.write_input(input).and_then(|ptr| {
+            f.call(&mut self.store, (ptr, len_i32(input.len())?))
+                .map_err(|e| self.classify(e))
+        })?;
         let state = self.store.data_mut();
         match result {
             OK => Ok(()),

@@ -86,10 +86,9 @@ fn with_guest_bytes<R>(
     len: i32,
     f: impl FnOnce(&[u8], &mut HostState) -> wasmtime::Result<R>,
 ) -> wasmtime::Result<R> {
-    let memory = caller
-        .data()
-        .memory
-        .ok_or_else(|| wasmtime::Error::msg(format!("`{what}` called before instantiation finished")))?;
+    let memory = caller.data().memory.ok_or_else(|| {
+        wasmtime::Error::msg(format!("`{what}` called before instantiation finished"))
+    })?;
     let (data, state) = memory.data_and_store_mut(caller);
     let range = usize::try_from(ptr)
         .ok()

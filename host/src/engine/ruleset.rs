@@ -56,10 +56,13 @@ pub struct RuleRun {
 impl RuleRun {
     /// The notify actions with their index among this run's actions.
     pub fn notifications(&self) -> impl Iterator<Item = (usize, &Notify)> {
-        self.actions.iter().enumerate().filter_map(|(i, a)| match a {
-            Action::Notify(n) => Some((i, n)),
-            _ => None,
-        })
+        self.actions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| match a {
+                Action::Notify(n) => Some((i, n)),
+                _ => None,
+            })
     }
 }
 
@@ -125,8 +128,15 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn same_instance_inputs(&self, script: &Script, config: &[u8], deadline: Option<Duration>) -> bool {
-        self.script.sha256() == script.sha256() && self.config == config && self.deadline == deadline
+    fn same_instance_inputs(
+        &self,
+        script: &Script,
+        config: &[u8],
+        deadline: Option<Duration>,
+    ) -> bool {
+        self.script.sha256() == script.sha256()
+            && self.config == config
+            && self.deadline == deadline
     }
 }
 
@@ -169,10 +179,7 @@ impl RuleSet {
         let mut next = Vec::with_capacity(specs.len());
         for spec in specs {
             let previous = old.remove(spec.name.as_str());
-            match self.load(spec, previous, &mut report) {
-                Ok(l) | Err(Some(l)) => next.push(l),
-                Err(None) => {}
-            }
+            next.extend(self.load(spec, previous, &mut report));
         }
         report.removed = old.into_keys().map(|k| k.to_string()).collect();
         report.removed.sort();
@@ -193,14 +200,14 @@ impl RuleSet {
         report
     }
 
-    /// Load one spec. `Ok`: the new version; `Err(Some)`: it failed and the
-    /// previous version stays; `Err(None)`: it failed and there is none.
+    /// Load one spec: the version to install, which is the previous one
+    /// (or none) when the new one fails.
     fn load(
         &self,
         spec: RuleSpec,
         previous: Option<Loaded>,
         report: &mut InstallReport,
-    ) -> Result<Loaded, Option<Loaded>> {
+    ) -> Option<Loaded> {
         let name = spec.name.clone();
         let patterns = if spec.signals.is_empty() {
             spec.script.default_signals().to_vec()
@@ -210,11 +217,15 @@ impl RuleSet {
         let config = tandem_guest::wire::encode(&spec.config).unwrap_or_default();
         let fail = |report: &mut InstallReport, e: EngineError, previous: Option<Loaded>| {
             report.failed.push((e, previous.is_some()));
-            Err(previous)
+            previous
         };
         if let Some(bad) = patterns.iter().find(|p| !super::valid_pattern(p)) {
             let reason = format!("invalid signal pattern `{bad}`: use A-Z, 0-9, `_`, `-` and `*`");
-            return fail(report, EngineError::Patterns { rule: name, reason }, previous);
+            return fail(
+                report,
+                EngineError::Patterns { rule: name, reason },
+                previous,
+            );
         }
         if let Some(mut prev) = previous {
             if prev.same_instance_inputs(&spec.script, &config, spec.deadline) {
@@ -222,15 +233,25 @@ impl RuleSet {
                 prev.enabled = spec.enabled;
                 prev.script = spec.script;
                 report.kept.push(name);
-                return Ok(prev);
+                return Some(prev);
             }
-            return match self
-                .engine
-                .instantiate_encoded(&name, &spec.script, &config, spec.deadline)
-            {
+            return match self.engine.instantiate_encoded(
+                &name,
+                &spec.script,
+                &config,
+                spec.deadline,
+            ) {
                 Ok(instance) => {
                     report.loaded.push(name.clone());
-                    Ok(Self::loaded(name, spec.script, patterns, config, spec.deadline, spec.enabled, instance))
+                    Some(Self::loaded(
+                        name,
+                        spec.script,
+                        patterns,
+                        config,
+                        spec.deadline,
+                        spec.enabled,
+                        instance,
+                    ))
                 }
                 Err(e) => fail(report, e, Some(prev)),
             };
@@ -241,7 +262,15 @@ impl RuleSet {
         {
             Ok(instance) => {
                 report.loaded.push(name.clone());
-                Ok(Self::loaded(name, spec.script, patterns, config, spec.deadline, spec.enabled, instance))
+                Some(Self::loaded(
+                    name,
+                    spec.script,
+                    patterns,
+                    config,
+                    spec.deadline,
+                    spec.enabled,
+                    instance,
+                ))
             }
             Err(e) => fail(report, e, None),
         }
@@ -346,10 +375,12 @@ impl RuleSet {
             return run;
         }
         if rule.instance.is_none() {
-            match self
-                .engine
-                .instantiate_encoded(&rule.name, &rule.script, &rule.config, rule.deadline)
-            {
+            match self.engine.instantiate_encoded(
+                &rule.name,
+                &rule.script,
+                &rule.config,
+                rule.deadline,
+            ) {
                 Ok(i) => rule.instance = Some(i),
                 Err(e) => {
                     let error = CallError::NotInstantiated(e.to_string());
@@ -378,7 +409,9 @@ impl RuleSet {
             }
         }
         for (i, action) in actions.iter().enumerate() {
-            let Action::Raise(raise) = action else { continue };
+            let Action::Raise(raise) = action else {
+                continue;
+            };
             if let Err(why) = check_raise(&raise.name, depth, max_depth) {
                 run.rejected.push(why);
                 continue;
@@ -455,13 +488,19 @@ impl RuleSet {
 
 fn check_raise(name: &str, depth: u32, max_depth: u32) -> Result<(), String> {
     if !super::valid_name(name) {
-        return Err(format!("raise of `{name}` refused: not a valid signal name"));
+        return Err(format!(
+            "raise of `{name}` refused: not a valid signal name"
+        ));
     }
     if let Some(p) = HOST_ONLY_PREFIXES.iter().find(|p| name.starts_with(*p)) {
-        return Err(format!("raise of `{name}` refused: `{p}` signals are raised by the host only"));
+        return Err(format!(
+            "raise of `{name}` refused: `{p}` signals are raised by the host only"
+        ));
     }
     if depth + 1 > max_depth {
-        return Err(format!("raise of `{name}` refused: raise depth limit of {max_depth} reached"));
+        return Err(format!(
+            "raise of `{name}` refused: raise depth limit of {max_depth} reached"
+        ));
     }
     Ok(())
 }

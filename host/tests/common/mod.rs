@@ -18,13 +18,18 @@ pub fn sample_wasm(crate_name: &str) -> Vec<u8> {
     let path = target_dir()
         .join("wasm32-unknown-unknown/release")
         .join(format!("{crate_name}.wasm"));
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; build the sample rules first: `make rules`", path.display()))
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the sample rules first: `make rules`",
+            path.display()
+        )
+    })
 }
 
 /// A WAT fixture from `tests/fixtures`, assembled.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(format!("{name}.wat"));
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+        .join(format!("{name}.wat"));
     wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -62,13 +62,19 @@ impl Rule for DoorHeldOpen {
         Ok(DoorHeldOpen {
             limit_ms: i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX),
             to: config.str_or("to", "group:security")?.to_owned(),
-            channel: config.str_or("channel", Notify::DEFAULT_CHANNEL)?.to_owned(),
+            channel: config
+                .str_or("channel", Notify::DEFAULT_CHANNEL)?
+                .to_owned(),
             open: BTreeMap::new(),
         })
     }
 
     fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
-        let now = if signal.time > 0 { signal.time } else { ctx.now() };
+        let now = if signal.time > 0 {
+            signal.time
+        } else {
+            ctx.now()
+        };
         // Our own DOOR-HELD-OPEN matches DOOR-*-OPEN: it is not a door.
         if signal.name != HELD_OPEN {
             match parse_door(&signal.name) {
@@ -119,8 +125,8 @@ export_rule!(DoorHeldOpen);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_guest::testing::Harness;
     use tandem_guest::Action;
+    use tandem_guest::testing::Harness;
 
     const T0: i64 = 1_763_780_000_000;
 

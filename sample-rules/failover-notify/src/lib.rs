@@ -25,7 +25,9 @@ impl Rule for FailoverNotify {
     fn init(config: &Config) -> Result<Self, Error> {
         Ok(FailoverNotify {
             to: config.str_or("to", "group:oncall")?.to_owned(),
-            channel: config.str_or("channel", Notify::DEFAULT_CHANNEL)?.to_owned(),
+            channel: config
+                .str_or("channel", Notify::DEFAULT_CHANNEL)?
+                .to_owned(),
         })
     }
 
@@ -40,16 +42,22 @@ impl Rule for FailoverNotify {
                 let reason = signal.str_field("reason").unwrap_or("heartbeat timeout");
                 (
                     format!("{primary} offline, secondary active"),
-                    format!("primary server {primary} offline since {since} ({reason}); the secondary has taken over"),
+                    format!(
+                        "primary server {primary} offline since {since} ({reason}); the secondary has taken over"
+                    ),
                 )
             }
             "FAILOVER-OFF" => (
                 format!("{primary} back online"),
-                format!("primary server {primary} is back and active again; the secondary is standby"),
+                format!(
+                    "primary server {primary} is back and active again; the secondary is standby"
+                ),
             ),
             _ => return Ok(()),
         };
-        ctx.emit(Action::Notify(Notify::new(&self.to, subject, body).on_channel(&self.channel)));
+        ctx.emit(Action::Notify(
+            Notify::new(&self.to, subject, body).on_channel(&self.channel),
+        ));
         Ok(())
     }
 }

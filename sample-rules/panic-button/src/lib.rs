@@ -22,12 +22,18 @@ impl Rule for PanicButton {
     fn init(config: &Config) -> Result<Self, Error> {
         Ok(PanicButton {
             to: config.str_or("to", "group:security")?.to_owned(),
-            channel: config.str_or("channel", Notify::DEFAULT_CHANNEL)?.to_owned(),
+            channel: config
+                .str_or("channel", Notify::DEFAULT_CHANNEL)?
+                .to_owned(),
         })
     }
 
     fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
-        let source = if signal.source.is_empty() { "unknown button" } else { &signal.source };
+        let source = if signal.source.is_empty() {
+            "unknown button"
+        } else {
+            &signal.source
+        };
         let location = signal.str_field("location").unwrap_or("unknown location");
         let subject = format!("PANIC at {location}");
         let body = format!("{} from {source} at {location}", signal.name);
@@ -65,10 +71,15 @@ mod tests {
 
     #[test]
     fn config_overrides_recipient_and_channel() {
-        let cfg = Config::new().with("to", "person:guard").with("channel", "sms");
+        let cfg = Config::new()
+            .with("to", "person:guard")
+            .with("channel", "sms");
         let mut h = Harness::<PanicButton>::new(&cfg).unwrap();
         let n = h.notifications(&Signal::new("PANIC-2")).unwrap();
-        assert_eq!((n[0].to.as_str(), n[0].channel.as_str()), ("person:guard", "sms"));
+        assert_eq!(
+            (n[0].to.as_str(), n[0].channel.as_str()),
+            ("person:guard", "sms")
+        );
         assert!(n[0].body.contains("unknown button"));
     }
 

@@ -51,13 +51,19 @@ impl Rule for Threshold {
             above: config.f64_or("above", 100.0)?,
             count,
             to: config.str_or("to", "group:facilities")?.to_owned(),
-            channel: config.str_or("channel", Notify::DEFAULT_CHANNEL)?.to_owned(),
+            channel: config
+                .str_or("channel", Notify::DEFAULT_CHANNEL)?
+                .to_owned(),
             streaks: BTreeMap::new(),
         })
     }
 
     fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
-        if self.signal.as_deref().is_some_and(|want| want != signal.name) {
+        if self
+            .signal
+            .as_deref()
+            .is_some_and(|want| want != signal.name)
+        {
             return Ok(());
         }
         let Some(reading) = signal.field(&self.field).and_then(|v| v.as_f64()) else {
@@ -71,7 +77,11 @@ impl Rule for Threshold {
         streak.run += 1;
         if streak.run >= self.count && !streak.notified {
             streak.notified = true;
-            let who = if signal.source.is_empty() { signal.name.as_str() } else { &signal.source };
+            let who = if signal.source.is_empty() {
+                signal.name.as_str()
+            } else {
+                &signal.source
+            };
             ctx.emit(Action::Notify(
                 Notify::new(
                     &self.to,
@@ -96,7 +106,9 @@ mod tests {
     use tandem_guest::testing::Harness;
 
     fn reading(source: &str, v: f64) -> Signal {
-        Signal::new("SENSOR-TEMP").with_source(source).with_field("value", v)
+        Signal::new("SENSOR-TEMP")
+            .with_source(source)
+            .with_field("value", v)
     }
 
     fn count(h: &mut Harness<Threshold>, s: &Signal) -> usize {
@@ -111,7 +123,11 @@ mod tests {
         assert_eq!(count(&mut h, &reading("t1", 32.0)), 0);
         assert_eq!(count(&mut h, &reading("t1", 33.0)), 1);
         assert_eq!(count(&mut h, &reading("t1", 34.0)), 0, "once per excursion");
-        assert_eq!(count(&mut h, &reading("t1", 30.0)), 0, "at the threshold ends it");
+        assert_eq!(
+            count(&mut h, &reading("t1", 30.0)),
+            0,
+            "at the threshold ends it"
+        );
         for _ in 0..2 {
             assert_eq!(count(&mut h, &reading("t1", 40.0)), 0);
         }

@@ -1,0 +1,50 @@
+# Tandem: every set-up step a fresh machine needs is here.
+#   make rules   build the sample rules to wasm (installs the wasm32 target)
+#   make run     build the rules and the daemon, start a standalone node
+#   make test    build the rules and the binary, run every test
+#   make bench   criterion benches (figures go to docs/performance.md)
+#   make lint    rustfmt and clippy, warnings are errors
+
+CARGO       ?= cargo
+WASM_TARGET := wasm32-unknown-unknown
+RULES       := panic-button failover-notify door-held-open threshold
+WASM_DIR    := target/$(WASM_TARGET)/release
+
+.PHONY: all wasm-target rules build test bench lint run clean
+
+all: rules build
+
+wasm-target:
+	@rustup target list --installed | grep -qx '$(WASM_TARGET)' \
+		|| rustup target add $(WASM_TARGET)
+
+rules: wasm-target
+	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(RULES))
+	@ls -1 $(WASM_DIR)/*.wasm
+
+build:
+	$(CARGO) build --release -p tandem-host
+
+test: rules
+	$(CARGO) build -p tandem-host --bin tandem
+	$(CARGO) test --workspace
+
+bench: rules
+	$(CARGO) bench -p tandem-host --bench engine
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+run: rules build
+	@echo
+	@echo "Dry-run of FAILOVER-ON through failover-notify (FAILOVER-* are raised by the host only):"
+	./target/release/tandem rule run $(WASM_DIR)/failover_notify.wasm --signal FAILOVER-ON \
+		--field primary=dev4120 --field reason='"heartbeat timeout"' --field down_since=1763780000000
+	@echo
+	@echo "Dry-run of a panic button:"
+	./target/release/tandem rule run $(WASM_DIR)/panic_button.wasm --signal PANIC-1 \
+		--source button-7 --field location=reception
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,243 @@
+//! `tandem rule check | run | new`, run as a user would: the real binary on
+//! real modules.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tandem_tests::{
+    assemble, fixtures_dir, repo_root, run_with_limit, sample_wasm, tandem, tandem_bin, target_dir,
+};
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn check_prints_exports_abi_and_default_signals() {
+    let wasm = sample_wasm("failover_notify");
+    let r = tandem(&["rule", "check", path(&wasm)]);
+    assert!(r.status.success(), "{r:?}");
+    assert!(r.stdout.contains("abi: v1"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("default signals: FAILOVER-ON, FAILOVER-OFF"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("tandem_on_signal: func"), "{}", r.stdout);
+}
+
+#[test]
+fn check_fails_on_broken_modules_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("no-marker", "tandem_abi_v1"),
+        ("unknown-import", "env.abort"),
+    ];
+    for (name, expect) in cases {
+        let wasm = assemble(&fixtures_dir().join(format!("{name}.wat")), dir.path());
+        let r = tandem(&["rule", "check", path(&wasm)]);
+        assert!(!r.status.success(), "{name}: {r:?}");
+        assert!(r.stderr.contains(expect), "{name}: {}", r.stderr);
+    }
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0\xff\xff").expect("write");
+    let r = tandem(&["rule", "check", path(&junk)]);
+    assert!(!r.status.success());
+    assert!(
+        r.stderr.contains("not a valid WebAssembly module"),
+        "{}",
+        r.stderr
+    );
+    let r = tandem(&["rule", "check", "/nonexistent.wasm"]);
+    assert!(!r.status.success());
+    assert!(r.stderr.contains("/nonexistent.wasm"), "{}", r.stderr);
+}
+
+#[test]
+fn run_prints_actions_as_json_lines() {
+    let wasm = sample_wasm("failover_notify");
+    let r = tandem(&[
+        "rule",
+        "run",
+        path(&wasm),
+        "--signal",
+        "FAILOVER-ON",
+        "--field",
+        "primary=dev4120",
+        "--field",
+        "down_since=1763780000000",
+        "--config",
+        r#"{"to": "group:it"}"#,
+    ]);
+    assert!(r.status.success(), "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", r.stdout);
+    let action: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON line");
+    assert_eq!(action["type"], "notify");
+    assert_eq!(action["to"], "group:it");
+    assert!(
+        action["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("2025-11-22 02:53:20 UTC"))
+    );
+}
+
+#[test]
+fn run_calls_the_guest_whatever_it_subscribes_to() {
+    // panic-button subscribes to PANIC-*, but a dry run always calls it.
+    let wasm = sample_wasm("panic_button");
+    let r = tandem(&[
+        "rule",
+        "run",
+        path(&wasm),
+        "--signal",
+        "DOOR-1-OPEN",
+        "--field",
+        "location=dock",
+    ]);
+    assert!(r.status.success(), "{r:?}");
+    assert!(r.stdout.contains("dock"), "{}", r.stdout);
+}
+
+#[test]
+fn run_fails_clearly_on_a_loop_or_a_trap_and_never_hangs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let looping = assemble(&fixtures_dir().join("loop.wat"), dir.path());
+    let padding = format!("pad={}", "x".repeat(100));
+    let r = tandem(&[
+        "rule",
+        "run",
+        path(&looping),
+        "--signal",
+        "X",
+        "--field",
+        &padding,
+        "--deadline",
+        "100ms",
+    ]);
+    assert!(!r.status.success());
+    assert!(
+        r.stderr.contains("deadline of 100ms exceeded"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.elapsed < Duration::from_secs(30));
+
+    let panicky = assemble(&fixtures_dir().join("panic.wat"), dir.path());
+    let r = tandem(&["rule", "run", path(&panicky), "--signal", "X"]);
+    assert!(!r.status.success());
+    assert!(
+        r.stderr.contains("panicked at src/lib.rs:7:9: boom"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn run_refuses_bad_arguments() {
+    let wasm = sample_wasm("panic_button");
+    let r = tandem(&[
+        "rule",
+        "run",
+        path(&wasm),
+        "--signal",
+        "X",
+        "--field",
+        "novalue",
+    ]);
+    assert!(!r.status.success());
+    assert!(r.stderr.contains("KEY=VALUE"), "{}", r.stderr);
+    let r = tandem(&[
+        "rule",
+        "run",
+        path(&wasm),
+        "--signal",
+        "X",
+        "--config",
+        "[1",
+    ]);
+    assert!(!r.status.success());
+    assert!(
+        r.stderr.contains("--config must be a JSON object"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The whole author's path: scaffold, native test, wasm build, check, run.
+#[test]
+fn new_scaffolds_a_crate_that_tests_builds_and_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = tandem(&["rule", "new", "door-alarm", "--dir", path(dir.path())]);
+    assert!(r.status.success(), "{r:?}");
+    let krate = dir.path().join("door-alarm");
+    assert!(krate.join("src/lib.rs").is_file());
+    // Reuse the workspace's resolved versions; a separate target directory
+    // (the outer `cargo test` holds the workspace's lock).
+    std::fs::copy(repo_root().join("Cargo.lock"), krate.join("Cargo.lock")).expect("copy lock");
+    let scaffold_target = target_dir().join("scaffold");
+    let cargo = || {
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.current_dir(&krate)
+            .env("CARGO_TARGET_DIR", &scaffold_target);
+        c
+    };
+    let limit = Duration::from_secs(600);
+    let t = run_with_limit(cargo().args(["test", "--quiet"]), limit);
+    assert!(t.status.success(), "cargo test: {}", t.stderr);
+    assert!(t.stdout.contains("1 passed"), "{}", t.stdout);
+    let b = run_with_limit(
+        cargo().args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+        ]),
+        limit,
+    );
+    assert!(b.status.success(), "cargo build: {}", b.stderr);
+    let wasm = scaffold_target.join("wasm32-unknown-unknown/release/door_alarm.wasm");
+    let r = tandem(&["rule", "check", path(&wasm)]);
+    assert!(r.status.success(), "{r:?}");
+    assert!(
+        r.stdout.contains("default signals: ALARM-*"),
+        "{}",
+        r.stdout
+    );
+    let r = tandem(&[
+        "rule",
+        "run",
+        path(&wasm),
+        "--signal",
+        "ALARM-2",
+        "--field",
+        "zone=dock",
+    ]);
+    assert!(r.status.success(), "{r:?}");
+    assert!(r.stdout.contains("ALARM-2 in dock"), "{}", r.stdout);
+}
+
+#[test]
+fn new_refuses_bad_names_and_existing_directories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = tandem(&["rule", "new", "Bad Name", "--dir", path(dir.path())]);
+    assert!(!r.status.success());
+    assert!(r.stderr.contains("not a valid crate name"), "{}", r.stderr);
+    std::fs::create_dir(dir.path().join("taken")).expect("mkdir");
+    let r = tandem(&["rule", "new", "taken", "--dir", path(dir.path())]);
+    assert!(!r.status.success());
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    let r = tandem(&[
+        "rule",
+        "new",
+        "x",
+        "--dir",
+        path(dir.path()),
+        "--sdk",
+        "/nowhere",
+    ]);
+    assert!(!r.status.success());
+    assert!(r.stderr.contains("--sdk"), "{}", r.stderr);
+}
