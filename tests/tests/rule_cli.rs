@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tandem_tests::{
-    assemble, fixtures_dir, repo_root, run_with_limit, sample_wasm, tandem, tandem_bin, target_dir,
+    assemble, fixtures_dir, repo_root, run_with_limit, sample_wasm, tandem, target_dir,
 };
 
 fn path(p: &std::path::Path) -> &str {
