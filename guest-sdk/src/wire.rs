@@ -323,12 +323,60 @@ impl Signal {
 }
 
 /// What a rule asks the host to do. Encoded as a map with a `"type"` field.
+///
+/// Decoding goes through a flat map of every field (no buffering of the
+/// whole map as serde's internally tagged enums do), so it costs one pass.
+/// An unknown `"type"` is an error naming it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", try_from = "RawAction")]
 pub enum Action {
     Notify(Notify),
     Raise(Raise),
     Log(Log),
+}
+
+/// Every field any action has, for decoding [`Action`] in one pass.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawAction {
+    #[serde(rename = "type")]
+    kind: String,
+    to: String,
+    channel: String,
+    subject: String,
+    body: String,
+    name: String,
+    fields: Fields,
+    level: Level,
+    message: String,
+}
+
+impl TryFrom<RawAction> for Action {
+    type Error = String;
+
+    fn try_from(raw: RawAction) -> Result<Self, Self::Error> {
+        Ok(match raw.kind.as_str() {
+            "notify" => Action::Notify(Notify {
+                to: raw.to,
+                channel: if raw.channel.is_empty() {
+                    Notify::DEFAULT_CHANNEL.to_owned()
+                } else {
+                    raw.channel
+                },
+                subject: raw.subject,
+                body: raw.body,
+            }),
+            "raise" => Action::Raise(Raise {
+                name: raw.name,
+                fields: raw.fields,
+            }),
+            "log" => Action::Log(Log {
+                level: raw.level,
+                message: raw.message,
+            }),
+            other => return Err(format!("unknown action type `{other}`")),
+        })
+    }
 }
 
 /// Send a notification.
@@ -545,6 +593,37 @@ mod tests {
             message: "m".into(),
         });
         assert_eq!(decode::<Action>(&encode(&log).unwrap()).unwrap(), log);
+    }
+
+    #[test]
+    fn unknown_action_types_are_named_and_missing_channels_default() {
+        #[derive(Serialize)]
+        struct Raw<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            to: &'a str,
+        }
+        let err = decode::<Action>(
+            &encode(&Raw {
+                kind: "page",
+                to: "x",
+            })
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown action type `page`"),
+            "{err}"
+        );
+        let a: Action = decode(
+            &encode(&Raw {
+                kind: "notify",
+                to: "x",
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(a, Action::Notify(Notify::new("x", "", "")));
     }
 
     #[test]

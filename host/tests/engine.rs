@@ -83,7 +83,7 @@ fn failover_on_notifies_through_the_real_failover_notify_wasm() {
     let o = executed(rs.dispatch(&on));
     assert_eq!(o.runs.len(), 1);
     assert_eq!(o.runs[0].error, None);
-    assert_eq!(o.runs[0].key, "k1");
+    assert_eq!(&*o.runs[0].key, "k1");
     let n = notifies(&o);
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].to, "group:oncall");
@@ -145,11 +145,8 @@ fn door_held_open_keeps_state_and_its_raise_is_dispatched() {
     assert_eq!(notifies(&o).len(), 1);
     assert!(matches!(&o.runs[0].actions[0], Action::Raise(r) if r.name == "DOOR-HELD-OPEN"));
     let raised = &o.runs[1];
-    assert_eq!(
-        (raised.signal.as_str(), raised.depth),
-        ("DOOR-HELD-OPEN", 1)
-    );
-    assert_eq!(raised.key, "tick-2/door/0");
+    assert_eq!((&*raised.signal, raised.depth), ("DOOR-HELD-OPEN", 1));
+    assert_eq!(&*raised.key, "tick-2/door/0");
     assert_eq!(raised.error, None);
 }
 
@@ -381,7 +378,7 @@ fn raises_stop_at_the_depth_limit() {
         "{:?}",
         o.runs[8].rejected
     );
-    assert_eq!(o.runs[2].key, "k/looper/0/looper/0");
+    assert_eq!(&*o.runs[2].key, "k/looper/0/looper/0");
 }
 
 #[test]

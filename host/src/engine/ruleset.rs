@@ -42,9 +42,9 @@ pub struct RuleSpec {
 pub struct RuleRun {
     pub rule: Arc<str>,
     /// The name of the signal it ran for (the original or a raised one).
-    pub signal: String,
+    pub signal: Arc<str>,
     /// That signal's key: notification ids derive from it.
-    pub key: String,
+    pub key: Arc<str>,
     /// 0 for the original signal, n for a signal raised n levels down.
     pub depth: u32,
     pub actions: Vec<Action>,
@@ -338,10 +338,15 @@ impl RuleSet {
             tracing::error!(signal = %sig.name, "could not encode signal: {e}");
             return;
         }
-        let max_depth = self.engine.config().raise_depth;
+        let current = Current {
+            sig,
+            name: sig.name.as_str().into(),
+            key: sig.key.as_str().into(),
+            depth,
+        };
         for i in 0..self.matched.len() {
             let idx = self.matched[i] as usize;
-            let run = self.call(idx, sig, depth, max_depth, queue);
+            let run = self.call(idx, &current, queue);
             outcome.runs.push(run);
         }
     }
@@ -350,18 +355,18 @@ impl RuleSet {
     fn call(
         &mut self,
         idx: usize,
-        sig: &Signal,
-        depth: u32,
-        max_depth: u32,
+        current: &Current<'_>,
         queue: &mut VecDeque<(Signal, u32)>,
     ) -> RuleRun {
+        let (sig, depth) = (current.sig, current.depth);
+        let max_depth = self.engine.config().raise_depth;
         let stats = self.engine.stats();
         let quarantine_after = self.engine.config().quarantine_after;
         let rule = &mut self.rules[idx];
         let mut run = RuleRun {
             rule: rule.name.clone(),
-            signal: sig.name.clone(),
-            key: sig.key.clone(),
+            signal: current.name.clone(),
+            key: current.key.clone(),
             depth,
             actions: Vec::new(),
             error: None,
@@ -484,6 +489,14 @@ impl RuleSet {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+}
+
+/// The signal being dispatched, with its name and key shared by every run.
+struct Current<'a> {
+    sig: &'a Signal,
+    name: Arc<str>,
+    key: Arc<str>,
+    depth: u32,
 }
 
 fn check_raise(name: &str, depth: u32, max_depth: u32) -> Result<(), String> {
