@@ -24,6 +24,21 @@ pub enum Command {
     /// Write, check and dry-run rule modules.
     #[command(subcommand)]
     Rule(rule::RuleCommand),
+    /// Print an example config, or check a config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `tandem config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a commented example config.
+    Example,
+    /// Validate a config file and print what it resolves to.
+    Check {
+        /// The config file.
+        file: std::path::PathBuf,
+    },
 }
 
 /// Parse the arguments, run the command, and turn an error into a message
@@ -44,6 +59,27 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Rule(cmd) => rule::run(cmd),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", crate::config::EXAMPLE);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = crate::config::Config::load(&file)?;
+            println!("{}: ok", file.display());
+            println!("  node: {} ({})", config.node.name, config.role.as_str());
+            println!("  data_dir: {}", config.node.data_dir.display());
+            println!("  admin: {}", config.admin.listen);
+            println!(
+                "  sinks: {}",
+                config
+                    .sinks
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
     }
 }
 
