@@ -11,9 +11,23 @@
 //! - [`config`]: the TOML file, parsed raw, then validated into [`config::Config`].
 //! - [`store`]: SQLite (WAL), migrations on `PRAGMA user_version`, the
 //!   rule and script tables; never on an executor thread.
+//! - [`node`]: the pipeline (signal -> store -> engine -> outbox), the
+//!   reload loop, delivery to sinks, the rules directory watcher.
+//! - [`admin`]: the HTTP API, `app(node) -> Router`.
+//! - [`server`]: `tandem serve`: wires node, workers and listener.
+//! - [`metrics`], [`shutdown`]: leaves used by the above.
 //! - [`cli`]: the `tandem` command line; `main.rs` only calls into it.
+//!
+//! A signal's walk: `admin` (HTTP) -> `node` (engine, then one store
+//! transaction) -> `engine` (index, gate, guest call) -> `node` (actions
+//! into the outbox) -> `node::delivery` (webhook, log).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod shutdown;
 pub mod store;

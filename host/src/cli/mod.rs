@@ -24,6 +24,12 @@ pub enum Command {
     /// Write, check and dry-run rule modules.
     #[command(subcommand)]
     Rule(rule::RuleCommand),
+    /// Run a node.
+    Serve {
+        /// The config file.
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
     /// Print an example config, or check a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -59,6 +65,18 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Rule(cmd) => rule::run(cmd),
+        Command::Serve { config } => {
+            let config = crate::config::Config::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::server::run(
+                config,
+                crate::shutdown::os_signal(),
+                |_| {},
+            ))?;
+            Ok(())
+        }
         Command::Config(ConfigCommand::Example) => {
             print!("{}", crate::config::EXAMPLE);
             Ok(())

@@ -47,6 +47,8 @@ pub struct RuleRun {
     pub key: Arc<str>,
     /// 0 for the original signal, n for a signal raised n levels down.
     pub depth: u32,
+    /// 0 for the dispatched signal, i for `Outcome::raised[i - 1]`.
+    pub origin: usize,
     pub actions: Vec<Action>,
     pub error: Option<CallError>,
     /// Raise actions the host refused, with why.
@@ -70,6 +72,19 @@ impl RuleRun {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outcome {
     pub runs: Vec<RuleRun>,
+    /// The signals the rules raised, in dispatch order; a run's `origin`
+    /// points here.
+    pub raised: Vec<Signal>,
+}
+
+impl Outcome {
+    /// The signal a run ran for: the dispatched one or a raised one.
+    pub fn signal_of<'a>(&'a self, run: &RuleRun, dispatched: &'a Signal) -> &'a Signal {
+        match run.origin {
+            0 => dispatched,
+            n => self.raised.get(n - 1).unwrap_or(dispatched),
+        }
+    }
 }
 
 /// The result of a dispatch.
@@ -115,6 +130,8 @@ pub fn derive_key(parent: &str, rule: &str, index: usize) -> String {
 
 #[derive(Debug)]
 struct Loaded {
+    /// What it was installed from (to keep it when a reload fails).
+    spec: RuleSpec,
     name: Arc<str>,
     script: Arc<Script>,
     patterns: Vec<String>,
@@ -212,7 +229,7 @@ impl RuleSet {
         let patterns = if spec.signals.is_empty() {
             spec.script.default_signals().to_vec()
         } else {
-            spec.signals
+            spec.signals.clone()
         };
         let config = tandem_guest::wire::encode(&spec.config).unwrap_or_default();
         let fail = |report: &mut InstallReport, e: EngineError, previous: Option<Loaded>| {
@@ -231,7 +248,8 @@ impl RuleSet {
             if prev.same_instance_inputs(&spec.script, &config, spec.deadline) {
                 prev.patterns = patterns;
                 prev.enabled = spec.enabled;
-                prev.script = spec.script;
+                prev.script = spec.script.clone();
+                prev.spec = spec;
                 report.kept.push(name);
                 return Some(prev);
             }
@@ -242,16 +260,8 @@ impl RuleSet {
                 spec.deadline,
             ) {
                 Ok(instance) => {
-                    report.loaded.push(name.clone());
-                    Some(Self::loaded(
-                        name,
-                        spec.script,
-                        patterns,
-                        config,
-                        spec.deadline,
-                        spec.enabled,
-                        instance,
-                    ))
+                    report.loaded.push(name);
+                    Some(Self::loaded(spec, patterns, config, instance))
                 }
                 Err(e) => fail(report, e, Some(prev)),
             };
@@ -261,37 +271,27 @@ impl RuleSet {
             .instantiate_encoded(&name, &spec.script, &config, spec.deadline)
         {
             Ok(instance) => {
-                report.loaded.push(name.clone());
-                Some(Self::loaded(
-                    name,
-                    spec.script,
-                    patterns,
-                    config,
-                    spec.deadline,
-                    spec.enabled,
-                    instance,
-                ))
+                report.loaded.push(name);
+                Some(Self::loaded(spec, patterns, config, instance))
             }
             Err(e) => fail(report, e, None),
         }
     }
 
     fn loaded(
-        name: String,
-        script: Arc<Script>,
+        spec: RuleSpec,
         patterns: Vec<String>,
         config: Vec<u8>,
-        deadline: Option<Duration>,
-        enabled: bool,
         instance: Instance,
     ) -> Loaded {
         Loaded {
-            name: name.into(),
-            script,
+            name: spec.name.as_str().into(),
+            script: spec.script.clone(),
             patterns,
             config,
-            deadline,
-            enabled,
+            deadline: spec.deadline,
+            enabled: spec.enabled,
+            spec,
             instance: Some(instance),
             traps_in_row: 0,
             quarantined: false,
@@ -312,9 +312,11 @@ impl RuleSet {
     fn run(&mut self, signal: &Signal) -> Outcome {
         let mut outcome = Outcome::default();
         let mut queue = VecDeque::new();
-        self.process(signal, 0, &mut queue, &mut outcome);
+        self.process(signal, 0, 0, &mut queue, &mut outcome);
         while let Some((raised, depth)) = queue.pop_front() {
-            self.process(&raised, depth, &mut queue, &mut outcome);
+            let origin = outcome.raised.len() + 1;
+            self.process(&raised, depth, origin, &mut queue, &mut outcome);
+            outcome.raised.push(raised);
         }
         outcome
     }
@@ -325,6 +327,7 @@ impl RuleSet {
         &mut self,
         sig: &Signal,
         depth: u32,
+        origin: usize,
         queue: &mut VecDeque<(Signal, u32)>,
         outcome: &mut Outcome,
     ) {
@@ -343,6 +346,7 @@ impl RuleSet {
             name: sig.name.as_str().into(),
             key: sig.key.as_str().into(),
             depth,
+            origin,
         };
         for i in 0..self.matched.len() {
             let idx = self.matched[i] as usize;
@@ -368,6 +372,7 @@ impl RuleSet {
             signal: current.name.clone(),
             key: current.key.clone(),
             depth,
+            origin: current.origin,
             actions: Vec::new(),
             error: None,
             rejected: Vec::new(),
@@ -453,6 +458,14 @@ impl RuleSet {
         }
     }
 
+    /// The spec a rule was installed from.
+    pub fn spec(&self, name: &str) -> Option<RuleSpec> {
+        self.rules
+            .iter()
+            .find(|r| &*r.name == name)
+            .map(|r| r.spec.clone())
+    }
+
     /// Clear a rule's quarantine and trap count. `false` if no such rule.
     pub fn reset(&mut self, name: &str) -> bool {
         let Some(rule) = self.rules.iter_mut().find(|r| &*r.name == name) else {
@@ -497,6 +510,7 @@ struct Current<'a> {
     name: Arc<str>,
     key: Arc<str>,
     depth: u32,
+    origin: usize,
 }
 
 fn check_raise(name: &str, depth: u32, max_depth: u32) -> Result<(), String> {

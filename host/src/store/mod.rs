@@ -9,6 +9,8 @@
 //! process (every committed transaction is in the WAL file); a power loss
 //! may lose the last transactions.
 
+pub mod events;
+pub mod outbox;
 pub mod rules;
 mod schema;
 

@@ -1,0 +1,575 @@
+//! The node: the pipeline from a signal to the outbox, and the reload loop.
+//!
+//! A signal's walk: [`Node::ingest`] validates the batch, dispatches each
+//! signal through the [`RuleSet`] (the gate decides whether rules run),
+//! then in ONE transaction stores every signal in `event_log` with what its
+//! rules did, and every notify action as outbox rows (one per recipient and
+//! matching sink). Only then does the caller reply. Delivery
+//! ([`delivery`]) sends the outbox, whatever the node's failover state.
+//!
+//! [`Node::reload`] reads `signal_rule` and `signal_script`, compiles what
+//! changed outside the rule set's lock (unchanged modules come from the
+//! cache), and swaps the new set in between two signals.
+
+pub mod delivery;
+pub mod watch;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tandem_guest::{Action, Fields, Signal};
+
+use crate::config::{Config, SinkConfig};
+use crate::engine::{
+    Dispatch, Engine, EngineConfig, EngineError, Gate, Outcome, RuleSet, RuleSpec, RuleStatus,
+    valid_name,
+};
+use crate::metrics::{Metrics, add};
+use crate::store::outbox::NewNotification;
+use crate::store::{Store, StoreError, events, now_ms, outbox, rules};
+
+/// Signal names only the host raises.
+pub const HOST_ONLY_PREFIXES: [&str; 2] = ["FAILOVER-", "NOTIFY-"];
+
+/// Ingest limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of one request body.
+    pub max_body: usize,
+    /// Signals in one request.
+    pub max_batch: usize,
+    /// Fields of one signal.
+    pub max_fields: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 1 << 20,
+            max_batch: 1000,
+            max_fields: 256,
+        }
+    }
+}
+
+/// A signal as it arrives over HTTP: only `name` is required.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SignalInput {
+    pub name: String,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub time: Option<i64>,
+    #[serde(default)]
+    pub fields: Fields,
+}
+
+/// What happened to one accepted signal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    pub id: u64,
+    pub key: String,
+    pub executed: bool,
+}
+
+/// Why ingest refused a request. Nothing of a refused request is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("signal {index}: {message}")]
+    BadSignal { index: usize, message: String },
+    #[error("signal {index}: `{name}` is raised by the host only (FAILOVER-*, NOTIFY-*)")]
+    Reserved { index: usize, name: String },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a reload failed as a whole (single rules failing is reported, not an
+/// error).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadSummary {
+    pub loaded: Vec<String>,
+    pub kept: Vec<String>,
+    pub removed: Vec<String>,
+    /// `rule: error` for each rule that failed (its previous version, if
+    /// any, keeps running).
+    pub errors: Vec<String>,
+}
+
+/// The id of a notification: the same on both nodes of a pair.
+pub fn notification_id(key: &str, rule: &str, action_index: usize, recipient: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [key, rule, &action_index.to_string(), recipient] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// `*` matches any run of characters.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let Some((first, rest)) = pattern.split_once('*') else {
+        return pattern == text;
+    };
+    let Some(mut tail) = text.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = rest.split('*').collect();
+    let last = parts.pop().unwrap_or("");
+    for part in parts {
+        match tail.find(part) {
+            Some(i) => tail = &tail[i + part.len()..],
+            None => return false,
+        }
+    }
+    tail.len() >= last.len() && tail.ends_with(last)
+}
+
+/// The node.
+#[derive(Debug)]
+pub struct Node {
+    config: Arc<Config>,
+    store: Store,
+    engine: Engine,
+    gate: Gate,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    rules: Mutex<RuleSet>,
+    next_id: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+    last_reload: Mutex<ReloadSummary>,
+    delivery_wake: tokio::sync::Notify,
+    admin_url: OnceLock<String>,
+    started: Instant,
+}
+
+impl Node {
+    /// Open the store and build the engine. The gate is handed in: a
+    /// standalone node passes an open one.
+    pub fn open(config: Config, gate: Gate) -> Result<Arc<Node>, NodeError> {
+        let store = Store::open(&config.node.data_dir)?;
+        let engine = Engine::new(EngineConfig {
+            deadline: config.rules.deadline,
+            memory_limit: config.rules.memory_limit,
+            memory_budget: config.rules.memory_budget,
+            cache_dir: Some(config.node.data_dir.join("module-cache")),
+            ..EngineConfig::default()
+        })?;
+        let next = store.read_blocking(events::max_id)? + 1;
+        Ok(Arc::new(Node {
+            rules: Mutex::new(RuleSet::new(engine.clone(), gate.clone())),
+            config: Arc::new(config),
+            store,
+            engine,
+            gate,
+            metrics: Arc::new(Metrics::default()),
+            limits: Limits::default(),
+            next_id: AtomicU64::new(next),
+            reload_lock: tokio::sync::Mutex::new(()),
+            last_reload: Mutex::new(ReloadSummary::default()),
+            delivery_wake: tokio::sync::Notify::new(),
+            admin_url: OnceLock::new(),
+            started: Instant::now(),
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Record the admin URL once the listener is bound.
+    pub fn set_admin_url(&self, url: String) {
+        let _ = self.admin_url.set(url);
+    }
+
+    /// The admin URL, once bound.
+    pub fn admin_url(&self) -> Option<&str> {
+        self.admin_url.get().map(String::as_str)
+    }
+
+    /// Every rule's engine-side state.
+    pub fn rule_status(&self) -> Vec<RuleStatus> {
+        self.lock_rules().status()
+    }
+
+    /// What the last reload did.
+    pub fn last_reload(&self) -> ReloadSummary {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Clear a rule's quarantine.
+    pub fn reset_rule(&self, name: &str) -> bool {
+        self.lock_rules().reset(name)
+    }
+
+    fn lock_rules(&self) -> std::sync::MutexGuard<'_, RuleSet> {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake the delivery worker.
+    pub fn wake_delivery(&self) {
+        self.delivery_wake.notify_one();
+    }
+
+    pub(crate) async fn delivery_woken(&self) {
+        self.delivery_wake.notified().await;
+    }
+
+    /// Check a batch against the limits and the naming rules.
+    pub fn validate(&self, batch: &[SignalInput], internal: bool) -> Result<(), IngestError> {
+        if batch.is_empty() {
+            return Err(IngestError::BadSignal {
+                index: 0,
+                message: "the batch is empty: send a signal object or a non-empty array".into(),
+            });
+        }
+        if batch.len() > self.limits.max_batch {
+            return Err(IngestError::TooLarge(format!(
+                "{} signals in one request; at most {} are allowed",
+                batch.len(),
+                self.limits.max_batch
+            )));
+        }
+        for (index, s) in batch.iter().enumerate() {
+            if !valid_name(&s.name) {
+                return Err(IngestError::BadSignal {
+                    index,
+                    message: format!(
+                        "name {:?} must match [A-Z0-9][A-Z0-9_-]*, e.g. DOOR-1-OPEN",
+                        s.name
+                    ),
+                });
+            }
+            if !internal && HOST_ONLY_PREFIXES.iter().any(|p| s.name.starts_with(p)) {
+                return Err(IngestError::Reserved {
+                    index,
+                    name: s.name.clone(),
+                });
+            }
+            if s.fields.len() > self.limits.max_fields {
+                return Err(IngestError::TooLarge(format!(
+                    "signal {index} has {} fields; at most {} are allowed",
+                    s.fields.len(),
+                    self.limits.max_fields
+                )));
+            }
+            if s.key
+                .as_deref()
+                .is_some_and(|k| k.is_empty() || k.len() > 256)
+            {
+                return Err(IngestError::BadSignal {
+                    index,
+                    message: "key must be 1 to 256 characters".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Validate, dispatch and store a batch (one transaction); returns what
+    /// happened to each signal. `internal` allows host-only names.
+    pub async fn ingest(
+        self: &Arc<Self>,
+        batch: Vec<SignalInput>,
+        internal: bool,
+    ) -> Result<Vec<Accepted>, IngestError> {
+        if let Err(e) = self.validate(&batch, internal) {
+            add(&self.metrics.signals_rejected, batch.len() as u64);
+            return Err(e);
+        }
+        let node = self.clone();
+        let accepted = tokio::task::spawn_blocking(move || node.ingest_blocking(batch))
+            .await
+            .map_err(|e| IngestError::Store(StoreError::Task(e.to_string())))??;
+        self.wake_delivery();
+        Ok(accepted)
+    }
+
+    fn ingest_blocking(&self, batch: Vec<SignalInput>) -> Result<Vec<Accepted>, IngestError> {
+        let now = now_ms();
+        let node_name = self.config.node.name.clone();
+        let mut dispatched = Vec::with_capacity(batch.len());
+        {
+            let mut rules = self.lock_rules();
+            for input in batch {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let signal = Signal {
+                    id,
+                    key: input.key.unwrap_or_else(|| format!("{node_name}:{id}")),
+                    name: input.name,
+                    source: input.source.unwrap_or_default(),
+                    time: input.time.unwrap_or(now),
+                    fields: input.fields,
+                    replayed: false,
+                };
+                let started = Instant::now();
+                let d = rules.dispatch(&signal);
+                self.metrics.dispatch_latency.observe(started.elapsed());
+                dispatched.push((signal, d));
+            }
+        }
+        let sinks = self.config.sinks.clone();
+        let (accepted, queued) = self.store.write_blocking(|conn| {
+            let tx = conn.transaction()?;
+            let mut rows = Vec::with_capacity(dispatched.len());
+            let mut queued = 0u64;
+            for (signal, d) in &dispatched {
+                let (status, outcome) = match d {
+                    Dispatch::Suppressed => ("suppressed", None),
+                    Dispatch::Executed(o) => ("executed", Some(outcome_json(o).to_string())),
+                };
+                rows.push(events::NewEvent {
+                    id: signal.id,
+                    key: signal.key.clone(),
+                    name: signal.name.clone(),
+                    source: signal.source.clone(),
+                    time: signal.time,
+                    received_at: now,
+                    fields: serde_json::to_string(&signal.fields).unwrap_or_else(|_| "{}".into()),
+                    node: node_name.clone(),
+                    status,
+                    replayed: signal.replayed,
+                    outcome,
+                });
+            }
+            events::insert(&tx, &rows)?;
+            for (signal, d) in &dispatched {
+                if let Dispatch::Executed(o) = d {
+                    queued += queue_notifications(&tx, &node_name, &sinks, signal, o, now)?;
+                }
+            }
+            tx.commit()?;
+            let accepted = dispatched
+                .iter()
+                .map(|(s, d)| Accepted {
+                    id: s.id,
+                    key: s.key.clone(),
+                    executed: matches!(d, Dispatch::Executed(_)),
+                })
+                .collect::<Vec<_>>();
+            Ok((accepted, queued))
+        })?;
+        let executed = accepted.iter().filter(|a| a.executed).count() as u64;
+        add(&self.metrics.signals_received, accepted.len() as u64);
+        add(&self.metrics.signals_executed, executed);
+        add(
+            &self.metrics.signals_suppressed,
+            accepted.len() as u64 - executed,
+        );
+        add(&self.metrics.notifications_queued, queued);
+        Ok(accepted)
+    }
+
+    /// Reload the rule set from the store (see the module docs).
+    pub async fn reload(self: &Arc<Self>) -> Result<ReloadSummary, NodeError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let rows = self.store.read(rules::rules_with_scripts).await?;
+        let node = self.clone();
+        let summary = tokio::task::spawn_blocking(move || node.reload_blocking(rows))
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))?;
+        add(&self.metrics.reloads, 1);
+        add(&self.metrics.reload_failures, summary.errors.len() as u64);
+        for e in &summary.errors {
+            tracing::error!("reload: {e}");
+        }
+        if !summary.loaded.is_empty() || !summary.removed.is_empty() {
+            tracing::info!(loaded = ?summary.loaded, removed = ?summary.removed, kept = summary.kept.len(), "rules reloaded");
+        }
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = summary.clone();
+        Ok(summary)
+    }
+
+    fn reload_blocking(&self, rows: Vec<rules::RuleWithScript>) -> ReloadSummary {
+        let mut errors = Vec::new();
+        let mut specs = Vec::with_capacity(rows.len());
+        let mut keep = Vec::new();
+        // Compile outside the rule set's lock: signals keep flowing.
+        for row in rows {
+            let r = row.rule;
+            match self.engine.compile(&r.name, &row.wasm) {
+                Ok(script) => specs.push(RuleSpec {
+                    name: r.name,
+                    script,
+                    signals: r.signals,
+                    config: r.config,
+                    deadline: r.deadline_ms.map(Duration::from_millis),
+                    enabled: r.enabled,
+                }),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    keep.push(r.name);
+                }
+            }
+        }
+        let mut rules = self.lock_rules();
+        specs.extend(keep.iter().filter_map(|name| rules.spec(name)));
+        let report = rules.install(specs);
+        drop(rules);
+        errors.extend(report.failed.iter().map(|(e, kept)| {
+            if *kept {
+                format!("{e} (the previous version keeps running)")
+            } else {
+                e.to_string()
+            }
+        }));
+        ReloadSummary {
+            loaded: report.loaded,
+            kept: report.kept,
+            removed: report.removed,
+            errors,
+        }
+    }
+
+    /// Delete event log rows and finished notifications older than the
+    /// retention.
+    pub async fn prune(&self) -> Result<(usize, usize), StoreError> {
+        let before = now_ms() - self.config.node.retention.as_millis() as i64;
+        self.store
+            .write(move |c| Ok((events::prune(c, before)?, outbox::prune(c, before)?)))
+            .await
+    }
+}
+
+/// The JSON the event log keeps of a dispatch.
+fn outcome_json(o: &Outcome) -> serde_json::Value {
+    serde_json::Value::Array(
+        o.runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "rule": &*r.rule,
+                    "signal": &*r.signal,
+                    "key": &*r.key,
+                    "depth": r.depth,
+                    "actions": r.actions,
+                    "error": r.error.as_ref().map(|e| serde_json::json!({"kind": e.kind(), "message": e.to_string()})),
+                    "rejected": r.rejected,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Queue every notify action of an outcome; returns how many rows.
+fn queue_notifications(
+    tx: &rusqlite::Transaction<'_>,
+    node: &str,
+    sinks: &[SinkConfig],
+    dispatched: &Signal,
+    o: &Outcome,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let mut queued = 0;
+    for run in &o.runs {
+        let signal = o.signal_of(run, dispatched);
+        let mut signal_json = None;
+        for (index, action) in run.actions.iter().enumerate() {
+            let Action::Notify(n) = action else { continue };
+            let recipients = match outbox::resolve(tx, &n.to, &n.channel)? {
+                Some(r) => r,
+                None => {
+                    tracing::warn!(rule = %run.rule, to = %n.to, "unknown or empty recipient: one notification addressed to it as is");
+                    vec![n.to.clone()]
+                }
+            };
+            let signal_json = signal_json.get_or_insert_with(|| {
+                serde_json::to_string(signal).unwrap_or_else(|_| "{}".into())
+            });
+            for to in recipients {
+                let id = notification_id(&run.key, &run.rule, index, &to);
+                for sink in sinks
+                    .iter()
+                    .filter(|s| s.channels.iter().any(|c| glob_match(c, &n.channel)))
+                {
+                    let row = NewNotification {
+                        id: id.clone(),
+                        sink: sink.name.clone(),
+                        event_id: dispatched.id,
+                        rule: run.rule.to_string(),
+                        node: node.to_owned(),
+                        to: to.clone(),
+                        channel: n.channel.clone(),
+                        subject: n.subject.clone(),
+                        body: n.body.clone(),
+                        signal: signal_json.clone(),
+                        created_at: now,
+                    };
+                    if outbox::insert(tx, &row)? {
+                        queued += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(queued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", "sms"));
+        assert!(glob_match("sms", "sms"));
+        assert!(!glob_match("sms", "email"));
+        assert!(glob_match("page-*", "page-it"));
+        assert!(glob_match("*-it", "page-it"));
+        assert!(glob_match("a*b*c", "aXbYc"));
+        assert!(!glob_match("a*b*c", "aXcYb"));
+        assert!(!glob_match("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn notification_ids_are_stable_and_distinct() {
+        let a = notification_id("k", "r", 0, "x@y");
+        assert_eq!(a, notification_id("k", "r", 0, "x@y"));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, notification_id("k", "r", 1, "x@y"));
+        assert_ne!(a, notification_id("k", "r", 0, "z@y"));
+        // No ambiguity from concatenation.
+        assert_ne!(
+            notification_id("ab", "c", 0, ""),
+            notification_id("a", "bc", 0, "")
+        );
+    }
+}

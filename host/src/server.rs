@@ -1,0 +1,124 @@
+//! `tandem serve`: wire the node, its workers and the admin listener, and
+//! run until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, Role};
+use crate::engine::Gate;
+use crate::node::{Node, NodeError, delivery, watch};
+use crate::shutdown::{Listener, Shutdown};
+
+/// Why the node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    ListenFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "failover role `{0}` is not available in this build yet: run with role = \"standalone\""
+    )]
+    Role(&'static str),
+    #[error("the admin server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// How often old event log rows and notifications are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Run a node until `stop` resolves. `on_ready` gets the node once it
+/// listens (tests use it; the CLI passes a no-op).
+pub async fn run(
+    config: Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Arc<Node>),
+) -> Result<(), ServeError> {
+    if config.role != Role::Standalone {
+        return Err(ServeError::Role(config.role.as_str()));
+    }
+    // A standalone node's gate is always open.
+    let node = Node::open(config, Gate::new(true))?;
+    let (shutdown, listener) = Shutdown::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(dir) = node.config().rules.dir.clone() {
+        // The first scan happens before the listener opens.
+        if let Err(e) = watch::sync_dir(&node, &dir).await {
+            tracing::error!("rules directory: {e}");
+        }
+        tasks.spawn(watch::run(node.clone(), dir, listener.clone().wait()));
+    }
+    let summary = node.reload().await?;
+    tracing::info!(
+        rules = summary.loaded.len(),
+        errors = summary.errors.len(),
+        "rules loaded"
+    );
+
+    let addr = node.config().admin.listen;
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = tcp
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    node.set_admin_url(format!("http://{bound}"));
+    write_listen_file(&node, bound)?;
+    tracing::info!(node = %node.config().node.name, admin = %bound, "tandem is serving");
+
+    tasks.spawn(delivery::run(node.clone(), listener.clone().wait()));
+    tasks.spawn(prune_loop(node.clone(), listener.clone()));
+    on_ready(&node);
+
+    let app = crate::admin::app(node.clone());
+    let result = axum::serve(tcp, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(ServeError::Http);
+    shutdown.fire();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("tandem stopped");
+    result
+}
+
+fn write_listen_file(node: &Node, admin: SocketAddr) -> Result<(), ServeError> {
+    let path = node.config().node.data_dir.join("listen.json");
+    let body = serde_json::json!({"admin": admin.to_string(), "link": null});
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, body.to_string())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| ServeError::ListenFile { path, source })
+}
+
+async fn prune_loop(node: Arc<Node>, stop: Listener) {
+    let stop = stop.wait();
+    tokio::pin!(stop);
+    loop {
+        match node.prune().await {
+            Ok((events, notes)) if events + notes > 0 => {
+                tracing::info!(
+                    events,
+                    notifications = notes,
+                    "pruned rows past the retention"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("prune: {e}"),
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}

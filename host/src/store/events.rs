@@ -1,0 +1,111 @@
+//! The `event_log` table: every signal a node received, with what its rules
+//! did.
+
+use rusqlite::{Connection, Transaction, params};
+use serde::Serialize;
+
+use super::StoreError;
+
+/// One signal to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: u64,
+    pub key: String,
+    pub name: String,
+    pub source: String,
+    pub time: i64,
+    pub received_at: i64,
+    /// JSON object.
+    pub fields: String,
+    pub node: String,
+    /// `executed`, `suppressed` or `pending`.
+    pub status: &'static str,
+    pub replayed: bool,
+    /// JSON of the rules' runs, if any ran.
+    pub outcome: Option<String>,
+}
+
+/// Insert events (inside the caller's transaction).
+pub fn insert(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO event_log (id, key, name, source, time, received_at, fields, node, status, replayed, outcome)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for e in events {
+        stmt.execute(params![
+            e.id as i64,
+            e.key,
+            e.name,
+            e.source,
+            e.time,
+            e.received_at,
+            e.fields,
+            e.node,
+            e.status,
+            e.replayed,
+            e.outcome
+        ])?;
+    }
+    Ok(())
+}
+
+/// The highest event id so far (0 for none).
+pub fn max_id(conn: &Connection) -> Result<u64, StoreError> {
+    let id: Option<i64> = conn.query_row("SELECT max(id) FROM event_log", [], |r| r.get(0))?;
+    Ok(id.unwrap_or(0).max(0) as u64)
+}
+
+/// An event as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub id: u64,
+    pub key: String,
+    pub name: String,
+    pub source: String,
+    pub time: i64,
+    pub received_at: i64,
+    pub fields: serde_json::Value,
+    pub node: String,
+    pub status: String,
+    pub replayed: bool,
+    pub outcome: serde_json::Value,
+}
+
+/// Events with an id above `after`, oldest first, at most `limit`;
+/// optionally only those with signal name `name`.
+pub fn list(
+    conn: &Connection,
+    after: u64,
+    limit: u32,
+    name: Option<&str>,
+) -> Result<Vec<EventView>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, key, name, source, time, received_at, fields, node, status, replayed, outcome
+         FROM event_log WHERE id > ?1 AND (?2 IS NULL OR name = ?2) ORDER BY id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![after as i64, name, limit], |r| {
+        let fields: String = r.get(6)?;
+        let outcome: Option<String> = r.get(10)?;
+        Ok(EventView {
+            id: r.get::<_, i64>(0)? as u64,
+            key: r.get(1)?,
+            name: r.get(2)?,
+            source: r.get(3)?,
+            time: r.get(4)?,
+            received_at: r.get(5)?,
+            fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::Null),
+            node: r.get(7)?,
+            status: r.get(8)?,
+            replayed: r.get(9)?,
+            outcome: outcome
+                .and_then(|o| serde_json::from_str(&o).ok())
+                .unwrap_or(serde_json::Value::Null),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Delete events received before `before_ms`; returns how many.
+pub fn prune(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute("DELETE FROM event_log WHERE received_at < ?1", [before_ms])?)
+}
