@@ -37,14 +37,24 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 run: rules build
+	@mkdir -p data/rules
+	@cp $(WASM_DIR)/panic_button.wasm $(WASM_DIR)/failover_notify.wasm \
+		$(WASM_DIR)/door_held_open.wasm $(WASM_DIR)/threshold.wasm data/rules/
 	@echo
-	@echo "Dry-run of FAILOVER-ON through failover-notify (FAILOVER-* are raised by the host only):"
-	./target/release/tandem rule run $(WASM_DIR)/failover_notify.wasm --signal FAILOVER-ON \
-		--field primary=dev4120 --field reason='"heartbeat timeout"' --field down_since=1763780000000
+	@echo "Starting a standalone node on http://127.0.0.1:8080 with the sample rules (Ctrl-C stops it)."
+	@echo "Send a panic signal from another terminal:"
 	@echo
-	@echo "Dry-run of a panic button:"
-	./target/release/tandem rule run $(WASM_DIR)/panic_button.wasm --signal PANIC-1 \
-		--source button-7 --field location=reception
+	@echo "  curl -s -H 'Authorization: Bearer ingest-token' http://127.0.0.1:8080/api/v1/signals \\"
+	@echo "       -d '{\"name\": \"PANIC-1\", \"source\": \"button-7\", \"fields\": {\"location\": \"reception\"}}'"
+	@echo
+	@echo "The notification appears in this log (the log sink, target tandem::notify) and in"
+	@echo "  curl -s -H 'Authorization: Bearer admin-token' http://127.0.0.1:8080/api/v1/notifications"
+	@echo
+	@echo "FAILOVER-* signals are raised by the host only; dry-run the FAILOVER-ON rule with:"
+	@echo "  ./target/release/tandem rule run $(WASM_DIR)/failover_notify.wasm --signal FAILOVER-ON \\"
+	@echo "       --field primary=dev4120 --field down_since=1763780000000"
+	@echo
+	./target/release/tandem serve --config examples/standalone.toml
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,387 @@
+//! The admin API in-process: `app(node)` driven with `oneshot`, on a real
+//! SQLite file and the real sample rules.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tandem_host::config::Config;
+use tandem_host::engine::Gate;
+use tandem_host::node::Node;
+use tower::ServiceExt;
+
+struct Harness {
+    node: Arc<Node>,
+    _dir: tempfile::TempDir,
+}
+
+fn node(gate_open: bool) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[node]\nname = \"n1\"\ndata_dir = \"{}\"\n[admin]\ntoken = \"admin\"\ningest_token = \"ingest\"\n",
+        dir.path().display()
+    );
+    let node = Node::open(Config::parse(&text).unwrap(), Gate::new(gate_open)).unwrap();
+    Harness { node, _dir: dir }
+}
+
+async fn call(
+    h: &Harness,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: impl Into<Body>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = tandem_host::admin::app(h.node.clone())
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ));
+    (status, json)
+}
+
+async fn event_count(h: &Harness) -> usize {
+    let (_, v) = call(
+        h,
+        "GET",
+        "/api/v1/events?limit=1000",
+        Some("admin"),
+        Body::empty(),
+    )
+    .await;
+    v.as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn status_follows_the_gate() {
+    let h = node(true);
+    let (s, v) = call(&h, "GET", "/status", None, Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["state"].as_str(), v["fs"].as_i64()),
+        (Some("active"), Some(1))
+    );
+    let h = node(false);
+    let (s, v) = call(&h, "GET", "/status", None, Body::empty()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["state"], "standby");
+}
+
+#[tokio::test]
+async fn tokens_guard_the_api() {
+    let h = node(true);
+    let (s, v) = call(&h, "GET", "/api/v1/rules", None, Body::empty()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["code"], "unauthorized");
+    let (s, _) = call(&h, "GET", "/api/v1/rules", Some("wrong"), Body::empty()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = call(&h, "GET", "/api/v1/rules", Some("ingest"), Body::empty()).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the ingest token may only post signals"
+    );
+    let (s, _) = call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        Some("ingest"),
+        r#"{"name":"X"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) = call(&h, "GET", "/api/v1/rules", Some("admin"), Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&h, "GET", "/metrics", None, Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_signals_are_refused_and_nothing_is_half_stored() {
+    let h = node(true);
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        ("{not json".into(), StatusCode::BAD_REQUEST, "bad_json"),
+        (
+            r#"{"source":"x"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        ("[]".into(), StatusCode::BAD_REQUEST, "bad_signal"),
+        (
+            r#"[{"name":"OK-1"},{"name":"door open"}]"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_signal",
+        ),
+        (
+            r#"[{"name":"OK-1"},{"name":"FAILOVER-ON"}]"#.into(),
+            StatusCode::BAD_REQUEST,
+            "reserved_name",
+        ),
+        (
+            r#"{"name":"NOTIFY-FAILED"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "reserved_name",
+        ),
+        (
+            format!("[{}]", vec![r#"{"name":"A"}"#; 1001].join(",")),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            format!(
+                r#"{{"name":"A","fields":{{{}}}}}"#,
+                (0..300)
+                    .map(|i| format!("\"f{i}\":1"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            format!(
+                r#"{{"name":"A","fields":{{"x":"{}"}}}}"#,
+                "y".repeat(2 << 20)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (s, v) = call(&h, "POST", "/api/v1/signals", Some("admin"), body.clone()).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (status, Some(code)),
+            "{}: {v}",
+            &body[..body.len().min(60)]
+        );
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    assert_eq!(event_count(&h).await, 0);
+}
+
+#[tokio::test]
+async fn signals_are_stored_with_their_outcome() {
+    let h = node(true);
+    let wasm = common::sample_wasm("panic_button");
+    let (s, v) = call(&h, "PUT", "/api/v1/scripts/panic", Some("admin"), wasm).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["default_signals"], serde_json::json!(["PANIC-*"]));
+    let (s, v) = call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        Some("ingest"),
+        r#"[{"name":"PANIC-1","key":"k1"},{"name":"OTHER"}]"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(v["state"], "active");
+    assert_eq!(v["accepted"][0]["key"], "k1");
+    assert_eq!(
+        v["accepted"][1]["key"],
+        format!("n1:{}", v["accepted"][1]["id"])
+    );
+    let (_, events) = call(&h, "GET", "/api/v1/events", Some("admin"), Body::empty()).await;
+    assert_eq!(events[0]["status"], "executed");
+    assert_eq!(events[0]["outcome"][0]["rule"], "panic");
+    assert_eq!(events[1]["outcome"], serde_json::json!([]));
+    let (_, notes) = call(
+        &h,
+        "GET",
+        "/api/v1/notifications?node=n1",
+        Some("admin"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(notes.as_array().unwrap().len(), 1);
+    let (_, none) = call(
+        &h,
+        "GET",
+        "/api/v1/notifications?node=other",
+        Some("admin"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(none.as_array().unwrap().len(), 0);
+
+    // A closed gate: stored as suppressed, no rule runs.
+    let h = node(false);
+    let (s, v) = call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        Some("ingest"),
+        r#"{"name":"PANIC-1"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(
+        (v["state"].as_str(), v["accepted"][0]["executed"].as_bool()),
+        (Some("standby"), Some(false))
+    );
+    assert_eq!(event_count(&h).await, 1);
+}
+
+#[tokio::test]
+async fn an_invalid_script_is_refused_and_the_old_one_keeps_running() {
+    let h = node(true);
+    let (s, _) = call(
+        &h,
+        "PUT",
+        "/api/v1/scripts/panic",
+        Some("admin"),
+        common::sample_wasm("panic_button"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    for bad in [b"garbage".to_vec(), common::fixture("no-marker")] {
+        let (s, v) = call(&h, "PUT", "/api/v1/scripts/panic", Some("admin"), bad).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_script")),
+            "{v}"
+        );
+        assert!(v["error"].as_str().unwrap().contains("rule `panic`"), "{v}");
+    }
+    let (_, v) = call(
+        &h,
+        "GET",
+        "/api/v1/rules/panic",
+        Some("admin"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(v["loaded"], true);
+    let (_, v) = call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        Some("admin"),
+        r#"{"name":"PANIC-2"}"#,
+    )
+    .await;
+    assert_eq!(v["accepted"][0]["executed"], true);
+    let (_, notes) = call(
+        &h,
+        "GET",
+        "/api/v1/notifications",
+        Some("admin"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(notes.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn rules_put_get_delete_and_reset() {
+    let h = node(true);
+    call(
+        &h,
+        "PUT",
+        "/api/v1/scripts/threshold",
+        Some("admin"),
+        common::sample_wasm("threshold"),
+    )
+    .await;
+    let (s, v) = call(&h, "PUT", "/api/v1/rules/hot", Some("admin"),
+        r#"{"script":"threshold","signals":["TEMP-*"],"config":{"above":30,"count":1},"deadline":"20ms"}"#).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["deadline"].as_str(), v["loaded"].as_bool()),
+        (Some("20ms"), Some(true))
+    );
+    // Its init refuses count 0: 400 and nothing changes.
+    let (s, v) = call(
+        &h,
+        "PUT",
+        "/api/v1/rules/hot",
+        Some("admin"),
+        r#"{"script":"threshold","config":{"count":0}}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_rule")),
+        "{v}"
+    );
+    let (_, v) = call(&h, "GET", "/api/v1/rules/hot", Some("admin"), Body::empty()).await;
+    assert_eq!(v["config"]["count"], 1);
+    for (body, code) in [
+        (r#"{"script":"nope"}"#, "unknown_script"),
+        (r#"{"script":"threshold","signals":["temp"]}"#, "bad_rule"),
+        (r#"{"script":"threshold","deadline":"soon"}"#, "bad_rule"),
+        (r#"{"script":"threshold","colour":"red"}"#, "bad_json"),
+    ] {
+        let (s, v) = call(&h, "PUT", "/api/v1/rules/x", Some("admin"), body).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{body}: {v}"
+        );
+    }
+    let (_, v) = call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        Some("admin"),
+        r#"{"name":"TEMP-1","fields":{"value":31}}"#,
+    )
+    .await;
+    assert_eq!(v["accepted"][0]["executed"], true);
+    let (s, _) = call(
+        &h,
+        "POST",
+        "/api/v1/rules/hot/reset",
+        Some("admin"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(
+        &h,
+        "POST",
+        "/api/v1/rules/nope/reset",
+        Some("admin"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(
+        &h,
+        "DELETE",
+        "/api/v1/rules/hot",
+        Some("admin"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(
+        &h,
+        "DELETE",
+        "/api/v1/rules/hot",
+        Some("admin"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = call(&h, "GET", "/api/v1/nothing", Some("admin"), Body::empty()).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
