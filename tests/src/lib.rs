@@ -122,3 +122,7 @@ pub fn assemble(wat_file: &Path, dir: &Path) -> PathBuf {
     std::fs::write(&out, bytes).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     out
 }
+
+pub mod http;
+pub mod node;
+pub mod webhook;
