@@ -385,3 +385,73 @@ async fn rules_put_get_delete_and_reset() {
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
 }
+
+#[tokio::test]
+async fn a_full_disk_answers_503_and_stores_nothing() {
+    let h = node(true);
+    call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        Some("admin"),
+        r#"{"name":"WARM-UP"}"#,
+    )
+    .await;
+    // SQLite's own "database or disk is full": no page may be added.
+    h.node
+        .store()
+        .write_blocking(|c| {
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            c.pragma_update(None, "max_page_count", pages)?;
+            Ok(())
+        })
+        .unwrap();
+    let big: Vec<String> = (0..500)
+        .map(|i| {
+            format!(
+                r#"{{"name":"FILL-{i}","fields":{{"pad":"{}"}}}}"#,
+                "x".repeat(500)
+            )
+        })
+        .collect();
+    let (s, v) = call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        Some("admin"),
+        format!("[{}]", big.join(",")),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("disk_full")),
+        "{v}"
+    );
+    assert_eq!(event_count(&h).await, 1, "nothing of the batch was stored");
+}
+
+#[tokio::test]
+async fn prune_drops_rows_past_the_retention() {
+    let h = node(true);
+    call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        Some("admin"),
+        r#"[{"name":"OLD"},{"name":"NEW"}]"#,
+    )
+    .await;
+    h.node
+        .store()
+        .write_blocking(|c| {
+            Ok(c.execute(
+                "UPDATE event_log SET received_at = 0 WHERE name = 'OLD'",
+                [],
+            )?)
+        })
+        .unwrap();
+    let (events, _) = h.node.prune().await.unwrap();
+    assert_eq!(events, 1);
+    let (_, v) = call(&h, "GET", "/api/v1/events", Some("admin"), Body::empty()).await;
+    assert_eq!(v[0]["name"], "NEW");
+}

@@ -209,6 +209,26 @@ fn signals_and_pending_notifications_survive_kill_9() {
 }
 
 #[test]
+fn a_notification_older_than_max_age_expires_unsent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+        probe.local_addr().expect("addr").port()
+    };
+    let rd = rules_dir(dir.path(), &[("panic", "panic_button")]);
+    let extra = format!(
+        "[rules]\ndir = \"{}\"\n\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/notify\"\nmax_age = \"1s\"\nmax_attempts = 100\n",
+        rd.display()
+    );
+    let config = write_config(dir.path(), "n1", &extra);
+    let node = NodeProc::start(dir.path(), &config);
+    send(&node, r#"{"name":"PANIC-1","key":"old"}"#);
+    wait_api("the row to expire", || {
+        notifications(&node, "?status=expired").len() == 1
+    });
+}
+
+#[test]
 fn bad_input_over_real_http() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hook = Webhook::start();
@@ -313,6 +333,23 @@ fn the_rules_directory_hot_reloads_without_a_restart() {
     send(&node, r#"{"name":"BELL-1","key":"h2"}"#);
     let got = hook.wait_for_delivered(2, WAIT);
     assert_eq!(got[1].body["to"], "second@example.org");
+
+    // A broken module: the error shows on the status, the old version runs.
+    std::fs::write(rd.join("panic.wasm"), b"\0asm\x01\0\0\0broken").expect("write");
+    wait_api("the reload error on /api/v1/status", || {
+        let st = get(node.admin(), "/api/v1/status", Some("admin")).json();
+        st["rules"]["last_reload_errors"]
+            .as_array()
+            .is_some_and(|e| {
+                e.iter()
+                    .any(|m| m.as_str().is_some_and(|m| m.contains("rule `panic`")))
+            })
+    });
+    send(&node, r#"{"name":"BELL-1","key":"h2b"}"#);
+    assert_eq!(
+        hook.wait_for_delivered(3, WAIT)[2].body["to"],
+        "second@example.org"
+    );
 
     std::fs::remove_file(rd.join("panic.wasm")).expect("rm");
     rule_loaded(&|v| v["enabled"] == false);

@@ -435,13 +435,21 @@ impl Node {
                     enabled: r.enabled,
                 }),
                 Err(e) => {
-                    errors.push(e.to_string());
-                    keep.push(r.name);
+                    // The previous version keeps running, unless the row
+                    // now disables the rule.
+                    if r.enabled {
+                        errors.push(e.to_string());
+                    }
+                    keep.push((r.name, r.enabled));
                 }
             }
         }
         let mut rules = self.lock_rules();
-        specs.extend(keep.iter().filter_map(|name| rules.spec(name)));
+        specs.extend(keep.iter().filter_map(|(name, enabled)| {
+            let mut spec = rules.spec(name)?;
+            spec.enabled = *enabled;
+            Some(spec)
+        }));
         let report = rules.install(specs);
         drop(rules);
         errors.extend(report.failed.iter().map(|(e, kept)| {
