@@ -30,7 +30,7 @@ test: rules
 	$(CARGO) test --workspace
 
 bench: rules
-	$(CARGO) bench -p tandem-host --bench engine
+	$(CARGO) bench -p tandem-host --bench engine --bench node
 
 lint:
 	$(CARGO) fmt --all --check

@@ -389,6 +389,15 @@ impl Engine {
         (deadline.as_nanos().div_ceil(tick) as u64).max(1) + 1
     }
 
+    /// The compiled module with this sha256, if one is still loaded.
+    pub fn cached(&self, sha: &Sha256Digest) -> Option<Arc<Script>> {
+        let hit = self.inner.cache.get(sha);
+        if hit.is_some() {
+            EngineStats::bump(&self.inner.stats.memory_hits);
+        }
+        hit
+    }
+
     /// Compile `wasm` (the module of rule `rule`) and check it against ABI
     /// v1. A module with the same sha256 that is still loaded, or in the disk
     /// cache, is not compiled again.

@@ -401,11 +401,10 @@ impl Node {
     /// Reload the rule set from the store (see the module docs).
     pub async fn reload(self: &Arc<Self>) -> Result<ReloadSummary, NodeError> {
         let _one_at_a_time = self.reload_lock.lock().await;
-        let rows = self.store.read(rules::rules_with_scripts).await?;
         let node = self.clone();
-        let summary = tokio::task::spawn_blocking(move || node.reload_blocking(rows))
+        let summary = tokio::task::spawn_blocking(move || node.reload_blocking())
             .await
-            .map_err(|e| NodeError::Task(e.to_string()))?;
+            .map_err(|e| NodeError::Task(e.to_string()))??;
         add(&self.metrics.reloads, 1);
         add(&self.metrics.reload_failures, summary.errors.len() as u64);
         for e in &summary.errors {
@@ -418,14 +417,30 @@ impl Node {
         Ok(summary)
     }
 
-    fn reload_blocking(&self, rows: Vec<rules::RuleWithScript>) -> ReloadSummary {
+    fn reload_blocking(&self) -> Result<ReloadSummary, NodeError> {
+        // Modules still loaded are found by their stored sha256: their bytes
+        // are not even read.
+        let rows = self.store.read_blocking(|c| {
+            rules::rules_with_scripts(c, |sha| self.cached_script(sha).is_some())
+        })?;
         let mut errors = Vec::new();
         let mut specs = Vec::with_capacity(rows.len());
         let mut keep = Vec::new();
         // Compile outside the rule set's lock: signals keep flowing.
         for row in rows {
             let r = row.rule;
-            match self.engine.compile(&r.name, &row.wasm) {
+            let script = match (
+                row.sha256.as_deref().and_then(|s| self.cached_script(s)),
+                row.wasm,
+            ) {
+                (Some(script), _) => Ok(script),
+                (None, Some(wasm)) => self.engine.compile(&r.name, &wasm),
+                (None, None) => Err(EngineError::Malformed {
+                    rule: r.name.clone(),
+                    reason: format!("its script `{}` does not exist", r.script),
+                }),
+            };
+            match script {
                 Ok(script) => specs.push(RuleSpec {
                     name: r.name,
                     script,
@@ -459,12 +474,18 @@ impl Node {
                 e.to_string()
             }
         }));
-        ReloadSummary {
+        Ok(ReloadSummary {
             loaded: report.loaded,
             kept: report.kept,
             removed: report.removed,
             errors,
-        }
+        })
+    }
+
+    /// A loaded module by its hex sha256.
+    fn cached_script(&self, sha_hex: &str) -> Option<Arc<crate::engine::Script>> {
+        let sha: crate::engine::Sha256Digest = hex::decode(sha_hex).ok()?.try_into().ok()?;
+        self.engine.cached(&sha)
     }
 
     /// Delete event log rows and finished notifications older than the

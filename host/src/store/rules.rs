@@ -20,11 +20,16 @@ pub struct RuleRow {
     pub updated_at: i64,
 }
 
-/// A rule row with its script's bytes, ready to compile.
+/// A rule row with its script: the sha256 as stored, and the bytes unless
+/// the caller already has that module.
 #[derive(Debug, Clone)]
 pub struct RuleWithScript {
     pub rule: RuleRow,
-    pub wasm: Vec<u8>,
+    /// The script's sha256 (hex); `None` if the script is missing.
+    pub sha256: Option<String>,
+    /// The bytes; `None` when `have(sha256)` said they are not needed, or
+    /// the script is missing.
+    pub wasm: Option<Vec<u8>>,
 }
 
 fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
@@ -129,19 +134,28 @@ pub fn script_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> 
         .is_some())
 }
 
-/// Every rule with its script's bytes. A rule whose script is missing is
-/// returned with empty bytes (the engine then refuses it by name).
-pub fn rules_with_scripts(conn: &Connection) -> Result<Vec<RuleWithScript>, StoreError> {
+/// Every rule with its script. Bytes are read only for scripts whose
+/// sha256 `have` does not know (so a reload reads just what changed).
+pub fn rules_with_scripts(
+    conn: &Connection,
+    have: impl Fn(&str) -> bool,
+) -> Result<Vec<RuleWithScript>, StoreError> {
     let rules = list_rules(conn)?;
-    let mut stmt = conn.prepare("SELECT wasm FROM signal_script WHERE name = ?1")?;
+    let mut sha_stmt = conn.prepare_cached("SELECT sha256 FROM signal_script WHERE name = ?1")?;
+    let mut wasm_stmt = conn.prepare_cached("SELECT wasm FROM signal_script WHERE name = ?1")?;
     rules
         .into_iter()
         .map(|rule| {
-            let wasm: Option<Vec<u8>> = stmt.query_row([&rule.script], |r| r.get(0)).optional()?;
-            Ok(RuleWithScript {
-                rule,
-                wasm: wasm.unwrap_or_default(),
-            })
+            let sha256: Option<String> = sha_stmt
+                .query_row([&rule.script], |r| r.get(0))
+                .optional()?;
+            let wasm = match &sha256 {
+                Some(sha) if !have(sha) => wasm_stmt
+                    .query_row([&rule.script], |r| r.get(0))
+                    .optional()?,
+                _ => None,
+            };
+            Ok(RuleWithScript { rule, sha256, wasm })
         })
         .collect()
 }
@@ -173,9 +187,16 @@ mod tests {
                 )
             })
             .unwrap();
-        let got = store.read_blocking(rules_with_scripts).unwrap();
+        let got = store
+            .read_blocking(|c| rules_with_scripts(c, |_| false))
+            .unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].wasm, b"\0asm");
+        assert_eq!(got[0].wasm.as_deref(), Some(&b"\0asm"[..]));
+        let sha = got[0].sha256.clone().unwrap();
+        let known = store
+            .read_blocking(|c| rules_with_scripts(c, |s| s == sha))
+            .unwrap();
+        assert_eq!(known[0].wasm, None, "bytes of a known module are not read");
         assert_eq!(got[0].rule.signals, ["PANIC-*"]);
         assert_eq!(got[0].rule.deadline_ms, Some(20));
         assert_eq!(
