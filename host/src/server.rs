@@ -47,8 +47,11 @@ pub async fn run(
     if config.role != Role::Standalone {
         return Err(ServeError::Role(config.role.as_str()));
     }
-    // A standalone node's gate is always open.
-    let node = Node::open(config, Gate::new(true))?;
+    // A standalone node's gate is always open. Opening the store is
+    // blocking work: keep it off the executor.
+    let node = tokio::task::spawn_blocking(move || Node::open(config, Gate::new(true)))
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()))??;
     let (shutdown, listener) = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
 

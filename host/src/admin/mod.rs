@@ -22,7 +22,7 @@ use tandem_guest::Config;
 
 pub use error::ApiError;
 
-use crate::engine::valid_pattern;
+use crate::engine::{RuleStatus, valid_pattern};
 use crate::node::{Node, SignalInput};
 use crate::store::rules::{self, RuleRow};
 use crate::store::{events, outbox};
@@ -128,7 +128,7 @@ async fn status(State(node): State<AppState>) -> Response {
 }
 
 async fn metrics(State(node): State<AppState>) -> Response {
-    let rules = node.rule_status();
+    let rules = node.rule_status_async().await;
     let quarantined = rules.iter().filter(|r| r.quarantined).count();
     let text = node
         .metrics()
@@ -137,7 +137,7 @@ async fn metrics(State(node): State<AppState>) -> Response {
 }
 
 async fn api_status(State(node): State<AppState>) -> Json<serde_json::Value> {
-    let rules = node.rule_status();
+    let rules = node.rule_status_async().await;
     let reload = node.last_reload();
     Json(serde_json::json!({
         "node": node.config().node.name,
@@ -192,8 +192,8 @@ async fn post_signals(State(node): State<AppState>, body: Body) -> Result<Respon
 }
 
 /// A rule row with its state on this node.
-fn rule_json(row: &RuleRow, node: &Node) -> serde_json::Value {
-    let st = node.rule_status().into_iter().find(|s| s.name == row.name);
+fn rule_json(row: &RuleRow, status: &[RuleStatus]) -> serde_json::Value {
+    let st = status.iter().find(|s| s.name == row.name);
     serde_json::json!({
         "name": row.name,
         "script": row.script,
@@ -213,8 +213,9 @@ fn rule_json(row: &RuleRow, node: &Node) -> serde_json::Value {
 
 async fn list_rules(State(node): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let rows = node.store().read(rules::list_rules).await?;
+    let status = node.rule_status_async().await;
     Ok(Json(serde_json::Value::Array(
-        rows.iter().map(|r| rule_json(r, &node)).collect(),
+        rows.iter().map(|r| rule_json(r, &status)).collect(),
     )))
 }
 
@@ -228,7 +229,7 @@ async fn get_rule(
         .read(move |c| rules::get_rule(c, &n))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no rule `{name}`")))?;
-    Ok(Json(rule_json(&row, &node)))
+    Ok(Json(rule_json(&row, &node.rule_status_async().await)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,7 +338,7 @@ async fn put_rule(
         .read(move |c| rules::get_rule(c, &n))
         .await?
         .unwrap_or(row);
-    Ok(Json(rule_json(&row, &node)).into_response())
+    Ok(Json(rule_json(&row, &node.rule_status_async().await)).into_response())
 }
 
 async fn delete_rule(
@@ -360,7 +361,7 @@ async fn reset_rule(
     State(node): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !node.reset_rule(&name) {
+    if !node.reset_rule_async(name.clone()).await {
         return Err(ApiError::not_found(format!("no loaded rule `{name}`")));
     }
     tracing::info!(rule = %name, "quarantine reset by an operator");

@@ -222,9 +222,27 @@ impl Node {
         self.admin_url.get().map(String::as_str)
     }
 
-    /// Every rule's engine-side state.
+    /// Every rule's engine-side state (blocks while a dispatch holds the
+    /// rule set: call it from a blocking context, or use
+    /// [`Node::rule_status_async`]).
     pub fn rule_status(&self) -> Vec<RuleStatus> {
         self.lock_rules().status()
+    }
+
+    /// [`Node::rule_status`] on the blocking pool.
+    pub async fn rule_status_async(self: &Arc<Self>) -> Vec<RuleStatus> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.rule_status())
+            .await
+            .unwrap_or_default()
+    }
+
+    /// [`Node::reset_rule`] on the blocking pool.
+    pub async fn reset_rule_async(self: &Arc<Self>, name: String) -> bool {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.reset_rule(&name))
+            .await
+            .unwrap_or(false)
     }
 
     /// What the last reload did.
