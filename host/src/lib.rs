@@ -26,6 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod failover;
 pub mod metrics;
 pub mod node;
 pub mod server;
