@@ -105,7 +105,6 @@ struct RawFailover {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[allow(dead_code)]
 struct RawAdvanced {
     lab_timings: bool,
 }
@@ -130,7 +129,49 @@ pub struct Config {
     pub admin: AdminConfig,
     pub rules: RulesConfig,
     pub role: Role,
+    /// Present for a primary or secondary.
+    pub failover: Option<FailoverConfig>,
     pub sinks: Vec<SinkConfig>,
+}
+
+/// `[failover]` of a pair member, validated.
+#[derive(Debug, Clone)]
+pub struct FailoverConfig {
+    /// Primary or secondary (standalone nodes have none).
+    pub role: crate::failover::machine::PairRole,
+    pub rank: u32,
+    /// The identity pair: (primary's name, secondary's name).
+    pub primary: String,
+    pub secondary: String,
+    /// The primary dials this (the secondary's link listener).
+    pub peer: Option<String>,
+    /// The secondary listens here.
+    pub listen: Option<SocketAddr>,
+    /// The peer's admin URL (named in standby replies).
+    pub peer_admin: Option<String>,
+    pub secret: String,
+    pub startup_delay: Duration,
+    pub timeout: Duration,
+    pub check_interval: Duration,
+    pub heartbeat_every: u32,
+    pub failback: crate::failover::machine::Failback,
+    pub failback_after: u32,
+    pub primary_grace: Duration,
+    pub replay_window: Duration,
+    pub table_sync_time: Option<String>,
+    pub table_sync_types: Vec<String>,
+    pub sync_on_change: bool,
+    pub lab_timings: bool,
+}
+
+impl FailoverConfig {
+    /// The peer's node name.
+    pub fn peer_name(&self) -> &str {
+        match self.role {
+            crate::failover::machine::PairRole::Primary => &self.secondary,
+            crate::failover::machine::PairRole::Secondary => &self.primary,
+        }
+    }
 }
 
 /// `[node]`.
@@ -387,6 +428,12 @@ impl Config {
                 ));
             }
         };
+        let failover = match role {
+            Role::Standalone => None,
+            Role::Primary | Role::Secondary => {
+                Some(validate_failover(raw.failover, role, &node.name)?)
+            }
+        };
         let mut sinks = Vec::new();
         for (i, s) in raw.sinks.into_iter().enumerate() {
             let key = |k: &str| format!("sinks[{i}].{k}");
@@ -436,8 +483,22 @@ impl Config {
                     Duration::from_secs(1),
                     Duration::from_secs(30 * 86_400),
                 )?,
-                max_attempts: s.max_attempts.unwrap_or(8).clamp(1, 100),
+                max_attempts: match s.max_attempts {
+                    None => 8,
+                    Some(n @ 1..=100) => n,
+                    Some(n) => return Err(invalid(&key("max_attempts"), n, "from 1 to 100")),
+                },
             });
+            if sinks[..sinks.len() - 1]
+                .iter()
+                .any(|o: &SinkConfig| o.name == sinks[sinks.len() - 1].name)
+            {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?}", sinks[sinks.len() - 1].name),
+                    "a name no other sink has",
+                ));
+            }
         }
         if sinks.is_empty() {
             sinks.push(SinkConfig {
@@ -453,9 +514,223 @@ impl Config {
             admin,
             rules,
             role,
+            failover,
             sinks,
         })
     }
+}
+
+fn validate_failover(
+    raw: RawFailover,
+    role: Role,
+    name: &str,
+) -> Result<FailoverConfig, ConfigError> {
+    use crate::failover::machine::{Failback, PairRole};
+    let lab = raw.advanced.lab_timings;
+    let ms = Duration::from_millis;
+    let min = |prod: Duration| if lab { ms(50) } else { prod };
+    let pair_role = if role == Role::Primary {
+        PairRole::Primary
+    } else {
+        PairRole::Secondary
+    };
+    let primary = raw
+        .primary
+        .ok_or_else(|| invalid("failover.primary", "(missing)", "the primary's node name"))?;
+    let secondary = raw.secondary.ok_or_else(|| {
+        invalid(
+            "failover.secondary",
+            "(missing)",
+            "the secondary's node name",
+        )
+    })?;
+    if primary == secondary {
+        return Err(invalid(
+            "failover.secondary",
+            format!("{secondary:?}"),
+            "a name other than the primary's",
+        ));
+    }
+    let own = if role == Role::Primary {
+        &primary
+    } else {
+        &secondary
+    };
+    if own != name {
+        return Err(invalid(
+            if role == Role::Primary {
+                "failover.primary"
+            } else {
+                "failover.secondary"
+            },
+            format!("{own:?}"),
+            format!(
+                "this node's own name ({name:?}), since its role is {}",
+                role.as_str()
+            ),
+        ));
+    }
+    let rank = raw
+        .rank
+        .unwrap_or(if role == Role::Primary { 1 } else { 2 });
+    let want = if role == Role::Primary { 1 } else { 2 };
+    if rank != want {
+        return Err(invalid(
+            "failover.rank",
+            rank,
+            format!("{want} for a {}", role.as_str()),
+        ));
+    }
+    let secret = secret("TANDEM_PAIR_SECRET", raw.secret).ok_or_else(|| {
+        invalid(
+            "failover.secret",
+            "(missing)",
+            "the pair's shared secret (or TANDEM_PAIR_SECRET)",
+        )
+    })?;
+    let check_interval = duration(
+        "failover.check_interval",
+        raw.check_interval.as_deref(),
+        Duration::from_secs(20),
+        min(Duration::from_secs(1)),
+        Duration::from_secs(300),
+    )?;
+    let heartbeat_every = raw.heartbeat_every.unwrap_or(2);
+    if !(1..=100).contains(&heartbeat_every) {
+        return Err(invalid(
+            "failover.heartbeat_every",
+            heartbeat_every,
+            "from 1 to 100 checks",
+        ));
+    }
+    let period = check_interval * heartbeat_every;
+    let timeout = duration(
+        "failover.timeout",
+        raw.timeout.as_deref(),
+        Duration::from_secs(120),
+        min(Duration::from_secs(120)),
+        Duration::from_secs(1200),
+    )?;
+    if timeout < period * 3 {
+        return Err(invalid(
+            "failover.timeout",
+            humantime::format_duration(timeout),
+            format!(
+                "at least 3 heartbeat periods ({} = check_interval x heartbeat_every x 3)",
+                humantime::format_duration(period * 3)
+            ),
+        ));
+    }
+    let startup_delay = duration(
+        "failover.startup_delay",
+        raw.startup_delay.as_deref(),
+        Duration::from_secs(120),
+        if lab {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(10)
+        },
+        Duration::from_secs(1800),
+    )?;
+    let primary_grace = duration(
+        "failover.primary_grace",
+        raw.primary_grace.as_deref(),
+        timeout,
+        min(Duration::from_secs(120)),
+        Duration::from_secs(3600),
+    )?;
+    let replay_window = duration(
+        "failover.replay_window",
+        raw.replay_window.as_deref(),
+        timeout + period * 2,
+        min(Duration::from_secs(1)),
+        Duration::from_secs(7 * 86_400),
+    )?;
+    let failback = match raw.failback.as_deref() {
+        None | Some("auto") => Failback::Auto,
+        Some("manual") => Failback::Manual,
+        Some(other) => {
+            return Err(invalid(
+                "failover.failback",
+                format!("{other:?}"),
+                "\"auto\" or \"manual\"",
+            ));
+        }
+    };
+    let failback_after = raw.failback_after.unwrap_or(3);
+    if !(1..=1000).contains(&failback_after) {
+        return Err(invalid(
+            "failover.failback_after",
+            failback_after,
+            "from 1 to 1000 heartbeats",
+        ));
+    }
+    let (peer, listen) = match role {
+        Role::Primary => {
+            let peer = raw.peer.ok_or_else(|| {
+                invalid(
+                    "failover.peer",
+                    "(missing)",
+                    "the secondary's link address, e.g. \"10.0.0.2:6511\"",
+                )
+            })?;
+            (Some(peer), None)
+        }
+        _ => {
+            let text = raw.listen.unwrap_or_else(|| "0.0.0.0:6511".to_owned());
+            let addr = text.parse().map_err(|_| {
+                invalid(
+                    "failover.listen",
+                    format!("{text:?}"),
+                    "an address such as \"0.0.0.0:6511\"",
+                )
+            })?;
+            (None, Some(addr))
+        }
+    };
+    if let Some(url) = &raw.peer_admin
+        && !url.starts_with("http://")
+    {
+        return Err(invalid(
+            "failover.peer_admin",
+            format!("{url:?}"),
+            "the peer's admin URL, e.g. \"http://10.0.0.2:8080\"",
+        ));
+    }
+    let table_sync_types = raw
+        .table_sync_types
+        .unwrap_or_else(|| vec!["all".to_owned()]);
+    for t in &table_sync_types {
+        if !["rule", "contact", "device", "pbx", "text", "all"].contains(&t.as_str()) {
+            return Err(invalid(
+                "failover.table_sync_types",
+                format!("{t:?}"),
+                "rule, contact, device, pbx, text or all",
+            ));
+        }
+    }
+    Ok(FailoverConfig {
+        role: pair_role,
+        rank,
+        primary,
+        secondary,
+        peer,
+        listen,
+        peer_admin: raw.peer_admin,
+        secret,
+        startup_delay,
+        timeout,
+        check_interval,
+        heartbeat_every,
+        failback,
+        failback_after,
+        primary_grace,
+        replay_window,
+        table_sync_time: raw.table_sync_time,
+        table_sync_types,
+        sync_on_change: raw.sync_on_change.unwrap_or(false),
+        lab_timings: lab,
+    })
 }
 
 /// The commented example `tandem config example` prints.
@@ -558,6 +833,85 @@ mod tests {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(allowed), "{text}: {err}");
         }
+    }
+
+    const PAIR: &str = r#"
+[node]
+name = "dev4120"
+[failover]
+role = "primary"
+primary = "dev4120"
+secondary = "wat4120"
+peer = "127.0.0.1:6511"
+peer_admin = "http://127.0.0.1:8082"
+secret = "pair-secret"
+startup_delay = "1s"
+timeout = "1s"
+check_interval = "100ms"
+failback = "auto"
+table_sync_types = ["rule", "contact"]
+[failover.advanced]
+lab_timings = true
+"#;
+
+    #[test]
+    fn design_pair_example_is_valid() {
+        let c = Config::parse(PAIR).unwrap();
+        let f = c.failover.unwrap();
+        assert_eq!(f.peer_name(), "wat4120");
+        assert_eq!(f.check_interval, Duration::from_millis(100));
+        assert_eq!(f.primary_grace, f.timeout, "grace defaults to the timeout");
+        assert_eq!(
+            f.replay_window,
+            Duration::from_millis(1400),
+            "timeout + 2 heartbeat periods"
+        );
+    }
+
+    #[test]
+    fn production_ranges_need_lab_timings_to_go_lower() {
+        let err = Config::parse(&PAIR.replace("lab_timings = true", "lab_timings = false"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("failover.check_interval") && err.contains("between"),
+            "{err}"
+        );
+        let err = Config::parse(&PAIR.replace("timeout = \"1s\"", "timeout = \"500ms\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 3 heartbeat periods"), "{err}");
+        let err = Config::parse(&PAIR.replace("primary = \"dev4120\"", "primary = \"other\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("this node's own name"), "{err}");
+        let err = Config::parse(&PAIR.replace("secret = \"pair-secret\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failover.secret"), "{err}");
+        let err = Config::parse(&PAIR.replace("failback = \"auto\"", "failback = \"sometimes\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failover.failback"), "{err}");
+    }
+
+    #[test]
+    fn sinks_need_distinct_names_and_sane_attempts() {
+        let two =
+            "[[sinks]]\nname = \"a\"\nkind = \"log\"\n[[sinks]]\nname = \"a\"\nkind = \"log\"\n";
+        assert!(
+            Config::parse(two)
+                .unwrap_err()
+                .to_string()
+                .contains("sinks[1].name")
+        );
+        let bad = "[[sinks]]\nname = \"a\"\nkind = \"log\"\nmax_attempts = 0\n";
+        assert!(
+            Config::parse(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("max_attempts")
+        );
     }
 
     #[test]

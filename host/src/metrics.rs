@@ -50,6 +50,8 @@ pub struct Metrics {
     pub notifications_retried: AtomicU64,
     /// Time to dispatch one signal through the engine (all its rules).
     pub dispatch_latency: Histogram,
+    /// Link connections refused or dropped, by reason.
+    link_rejects: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// Add to a counter.
@@ -69,6 +71,16 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 }
 
 impl Metrics {
+    /// Count a link refused or dropped for `reason`.
+    pub fn link_rejected(&self, reason: &'static str) {
+        *self
+            .link_rejects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
     /// The Prometheus text exposition of these and the engine's counters.
     pub fn render(
         &self,
@@ -169,6 +181,18 @@ impl Metrics {
             out,
             "tandem_rules{{state=\"quarantined\"}} {rules_quarantined}"
         );
+        let _ = writeln!(
+            out,
+            "# HELP tandem_link_rejected_total Link connections refused or dropped, by reason.\n# TYPE tandem_link_rejected_total counter"
+        );
+        for (reason, n) in self
+            .link_rejects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "tandem_link_rejected_total{{reason=\"{reason}\"}} {n}");
+        }
         let h = &self.dispatch_latency;
         let name = "tandem_dispatch_seconds";
         let _ = writeln!(

@@ -26,10 +26,8 @@ pub enum ServeError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "failover role `{0}` is not available in this build yet: run with role = \"standalone\""
-    )]
-    Role(&'static str),
+    #[error("failover: {0}")]
+    Failover(#[from] crate::store::StoreError),
     #[error("the admin server failed: {0}")]
     Http(std::io::Error),
 }
@@ -44,12 +42,11 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Arc<Node>),
 ) -> Result<(), ServeError> {
-    if config.role != Role::Standalone {
-        return Err(ServeError::Role(config.role.as_str()));
-    }
-    // A standalone node's gate is always open. Opening the store is
-    // blocking work: keep it off the executor.
-    let node = tokio::task::spawn_blocking(move || Node::open(config, Gate::new(true)))
+    // A standalone node's gate is always open; a pair member's starts
+    // closed and failover opens it. Opening the store is blocking work:
+    // keep it off the executor.
+    let standalone = config.role == Role::Standalone;
+    let node = tokio::task::spawn_blocking(move || Node::open(config, Gate::new(standalone)))
         .await
         .map_err(|e| NodeError::Task(e.to_string()))??;
     let (shutdown, listener) = Shutdown::new();
@@ -77,14 +74,35 @@ pub async fn run(
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
     node.set_admin_url(format!("http://{bound}"));
-    write_listen_file(&node, bound)?;
-    tracing::info!(node = %node.config().node.name, admin = %bound, "tandem is serving");
+
+    let mut failover = None;
+    let mut link = None;
+    if let Some(fo) = node.config().failover.clone() {
+        let link_listener = match fo.listen {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?;
+                link = l.local_addr().ok();
+                Some(l)
+            }
+            None => None,
+        };
+        let (handle, task) =
+            crate::failover::peer::start(node.clone(), fo, link_listener, listener.clone()).await?;
+        tasks.spawn(async move {
+            let _ = task.await;
+        });
+        failover = Some(handle);
+    }
+    write_listen_file(&node, bound, link)?;
+    tracing::info!(node = %node.config().node.name, role = node.config().role.as_str(), admin = %bound, "tandem is serving");
 
     tasks.spawn(delivery::run(node.clone(), listener.clone().wait()));
     tasks.spawn(prune_loop(node.clone(), listener.clone()));
     on_ready(&node);
 
-    let app = crate::admin::app(node.clone());
+    let app = crate::admin::app(node.clone(), failover);
     let result = axum::serve(tcp, app)
         .with_graceful_shutdown(stop)
         .await
@@ -95,9 +113,13 @@ pub async fn run(
     result
 }
 
-fn write_listen_file(node: &Node, admin: SocketAddr) -> Result<(), ServeError> {
+fn write_listen_file(
+    node: &Node,
+    admin: SocketAddr,
+    link: Option<SocketAddr>,
+) -> Result<(), ServeError> {
     let path = node.config().node.data_dir.join("listen.json");
-    let body = serde_json::json!({"admin": admin.to_string(), "link": null});
+    let body = serde_json::json!({"admin": admin.to_string(), "link": link.map(|l| l.to_string())});
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, body.to_string())
         .and_then(|()| std::fs::rename(&tmp, &path))

@@ -40,7 +40,7 @@ async fn call(
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let resp = tandem_host::admin::app(h.node.clone())
+    let resp = tandem_host::admin::app(h.node.clone(), None)
         .oneshot(req.body(body.into()).unwrap())
         .await
         .unwrap();

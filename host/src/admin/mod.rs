@@ -16,13 +16,15 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use tandem_guest::Config;
 
 pub use error::ApiError;
 
 use crate::engine::{RuleStatus, valid_pattern};
+use crate::failover::Handle as Failover;
+use crate::failover::machine::Command;
 use crate::node::{Node, SignalInput};
 use crate::store::rules::{self, RuleRow};
 use crate::store::{events, outbox};
@@ -34,8 +36,11 @@ const MAX_RULE_BODY: usize = 1 << 20;
 
 type AppState = Arc<Node>;
 
-/// The whole API.
-pub fn app(node: Arc<Node>) -> Router {
+/// The failover handle, absent on a standalone node.
+type Pair = Extension<Option<Failover>>;
+
+/// The whole API. `failover` is `None` on a standalone node.
+pub fn app(node: Arc<Node>, failover: Option<Failover>) -> Router {
     let api = Router::new()
         .route("/status", get(api_status))
         .route("/signals", post(post_signals))
@@ -48,6 +53,9 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/scripts/{name}", put(put_script))
         .route("/events", get(list_events))
         .route("/notifications", get(list_notifications))
+        .route("/failovers", get(list_failovers))
+        .route("/failback", post(failback))
+        .route("/switchover", post(switchover))
         .fallback(|| async { ApiError::not_found("no such endpoint under /api/v1/") })
         .layer(middleware::from_fn_with_state(node.clone(), authorize));
     Router::new()
@@ -55,6 +63,7 @@ pub fn app(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(Extension(failover))
         .with_state(node)
 }
 
@@ -102,24 +111,34 @@ async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiErr
         .map_err(|_| ApiError::too_large(format!("{what} is larger than {limit} bytes")))
 }
 
-fn state_name(node: &Node) -> &'static str {
-    if node.gate().is_open() {
-        "active"
-    } else {
-        "standby"
+/// (active, fs, epoch) of this node.
+fn role_state(node: &Node, failover: &Option<Failover>) -> (bool, u8, u64) {
+    match failover {
+        Some(f) => {
+            let v = f.view();
+            (v.active, v.fs, v.epoch)
+        }
+        None => {
+            let open = node.gate().is_open();
+            (open, if open { 1 } else { 2 }, 0)
+        }
     }
 }
 
-async fn status(State(node): State<AppState>) -> Response {
-    let open = node.gate().is_open();
+fn state_name(active: bool) -> &'static str {
+    if active { "active" } else { "standby" }
+}
+
+async fn status(State(node): State<AppState>, Extension(failover): Pair) -> Response {
+    let (active, fs, epoch) = role_state(&node, &failover);
     let body = serde_json::json!({
         "node": node.config().node.name,
         "role": node.config().role.as_str(),
-        "state": state_name(&node),
-        "fs": if open { 1 } else { 2 },
-        "epoch": 0,
+        "state": state_name(active),
+        "fs": fs,
+        "epoch": epoch,
     });
-    let code = if open {
+    let code = if active {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -136,20 +155,43 @@ async fn metrics(State(node): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn api_status(State(node): State<AppState>) -> Json<serde_json::Value> {
+async fn api_status(
+    State(node): State<AppState>,
+    Extension(failover): Pair,
+) -> Json<serde_json::Value> {
     let rules = node.rule_status_async().await;
     let reload = node.last_reload();
+    let (active, fs, epoch) = role_state(&node, &failover);
+    let view = failover.as_ref().map(Failover::view);
+    let peer = view.as_ref().map(|v| {
+        serde_json::json!({
+            "name": v.peer_name,
+            "link": v.peer_link,
+            "admin": v.peer_admin,
+            "link_state": if v.link_up { "up" } else { "down" },
+            "last_heartbeat": v.last_heartbeat,
+            "status": v.peer,
+        })
+    });
+    let failover_json = view.as_ref().map(|v| {
+        serde_json::json!({
+            "fenced": v.fenced,
+            "failback": v.failback,
+            "failover_open": v.failover_open,
+        })
+    });
     Json(serde_json::json!({
         "node": node.config().node.name,
         "role": node.config().role.as_str(),
-        "state": state_name(&node),
-        "fs": if node.gate().is_open() { 1 } else { 2 },
-        "epoch": 0,
-        "ready": true,
+        "state": state_name(active),
+        "fs": fs,
+        "epoch": epoch,
+        "ready": view.as_ref().is_none_or(|v| v.ready),
         "uptime_ms": node.uptime().as_millis() as u64,
         "version": env!("CARGO_PKG_VERSION"),
         "admin": node.admin_url(),
-        "peer": null,
+        "peer": peer,
+        "failover": failover_json,
         "rules": {
             "loaded": rules.len(),
             "quarantined": rules.iter().filter(|r| r.quarantined).map(|r| r.name.clone()).collect::<Vec<_>>(),
@@ -160,7 +202,11 @@ async fn api_status(State(node): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn post_signals(State(node): State<AppState>, body: Body) -> Result<Response, ApiError> {
+async fn post_signals(
+    State(node): State<AppState>,
+    Extension(failover): Pair,
+    body: Body,
+) -> Result<Response, ApiError> {
     let limits = node.limits();
     let bytes = read_body(body, limits.max_body, "the request body").await?;
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
@@ -175,15 +221,21 @@ async fn post_signals(State(node): State<AppState>, body: Body) -> Result<Respon
         )
     })?;
     let accepted = node.ingest(batch, false).await?;
-    let active = node
-        .gate()
-        .is_open()
-        .then(|| node.admin_url().map(str::to_owned))
-        .flatten();
+    let (here, _, _) = role_state(&node, &failover);
+    // Where the rules run: here, or the peer if it says it is active.
+    let active = if here {
+        node.admin_url().map(str::to_owned)
+    } else {
+        failover
+            .as_ref()
+            .map(Failover::view)
+            .filter(|v| v.peer.as_ref().is_some_and(|p| p.fs == 1))
+            .and_then(|v| v.peer_admin)
+    };
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({
-            "state": state_name(&node),
+            "state": state_name(here),
             "accepted": accepted,
             "active": active,
         })),
@@ -477,4 +529,44 @@ async fn list_notifications(
             .read(move |c| outbox::list(c, q.node.as_deref(), q.status.as_deref(), limit))
             .await?,
     ))
+}
+
+async fn list_failovers(
+    State(node): State<AppState>,
+) -> Result<Json<Vec<crate::store::failover::FailoverRow>>, ApiError> {
+    Ok(Json(
+        node.store()
+            .read(|c| crate::store::failover::list(c, 1000))
+            .await?,
+    ))
+}
+
+async fn pair_command(
+    failover: Option<Failover>,
+    command: Command,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(f) = failover else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_role",
+            "this node is standalone: failback and switchover need a primary/secondary pair",
+        ));
+    };
+    match f.command(command).await {
+        Ok(result) => {
+            let v = f.view();
+            Ok(Json(
+                serde_json::json!({"result": result, "state": state_name(v.active), "fs": v.fs, "epoch": v.epoch}),
+            ))
+        }
+        Err(why) => Err(ApiError::new(StatusCode::CONFLICT, "refused", why)),
+    }
+}
+
+async fn failback(Extension(failover): Pair) -> Result<Json<serde_json::Value>, ApiError> {
+    pair_command(failover, Command::Failback).await
+}
+
+async fn switchover(Extension(failover): Pair) -> Result<Json<serde_json::Value>, ApiError> {
+    pair_command(failover, Command::Switchover).await
 }

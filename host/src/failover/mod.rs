@@ -8,4 +8,8 @@
 //!
 //! Failover reaches the engine only through the [`crate::engine::Gate`].
 
+pub mod link;
 pub mod machine;
+pub mod peer;
+
+pub use peer::{Handle, View};

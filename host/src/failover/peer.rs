@@ -1,0 +1,629 @@
+//! The failover driver: one task that owns the [`Machine`], feeds it the
+//! check timer, link events and operator commands, and carries out its
+//! effects in order.
+//!
+//! Effects are done one after the other, each awaited: FS is durable before
+//! the gate opens, the gate is closed (in-flight rules finished) before FS=2
+//! is stored, and FS=2 is stored before the hand-over is sent. If storing FS
+//! fails, the remaining effects of that step are skipped and the error is
+//! logged: a node that cannot persist FS does not take over.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tandem_guest::Value;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+
+use super::link::{self, Body, Hello, LinkError, Session};
+use super::machine::{
+    Command, Effect, Failback, Fs, Input, Machine, Message, PairRole, PeerStatus, Settings,
+};
+use crate::config::FailoverConfig;
+use crate::node::{Node, SignalInput};
+use crate::shutdown::Listener;
+use crate::store::{failover as log, now_ms};
+
+/// The peer as last heard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerView {
+    pub node: String,
+    pub fs: u8,
+    pub epoch: u64,
+    pub ready: bool,
+    pub version: String,
+    pub admin: Option<String>,
+}
+
+/// What the rest of the node (status pages, ingest replies) sees.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct View {
+    pub role: PairRole,
+    pub fs: u8,
+    pub epoch: u64,
+    /// Rules run here now.
+    pub active: bool,
+    pub fenced: bool,
+    pub ready: bool,
+    pub link_up: bool,
+    pub peer_name: String,
+    pub peer_link: Option<String>,
+    pub peer_admin: Option<String>,
+    pub peer: Option<PeerView>,
+    /// Wall-clock ms of the last status heard from the peer.
+    pub last_heartbeat: Option<i64>,
+    pub failback: &'static str,
+    pub failover_open: bool,
+}
+
+type Reply = oneshot::Sender<Result<&'static str, &'static str>>;
+
+/// The handle the admin API and the server hold.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    view: watch::Receiver<View>,
+    commands: mpsc::Sender<(Command, Reply)>,
+}
+
+impl Handle {
+    /// The current view.
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// Run an operator command; `Err` says why it was refused.
+    pub async fn command(&self, c: Command) -> Result<&'static str, &'static str> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send((c, tx))
+            .await
+            .map_err(|_| "failover is shutting down")?;
+        rx.await.map_err(|_| "failover is shutting down")?
+    }
+
+    /// Wait until `pred` holds for the view (tests, the CLI).
+    pub async fn wait_for(&self, pred: impl Fn(&View) -> bool) {
+        let mut rx = self.view.clone();
+        let _ = rx.wait_for(|v| pred(v)).await;
+    }
+}
+
+enum LinkEvent {
+    Up {
+        id: u64,
+        peer: Box<Hello>,
+        tx: mpsc::Sender<(u64, Message)>,
+        abort: AbortHandle,
+    },
+    Msg {
+        id: u64,
+        msg: Message,
+    },
+    Down {
+        id: u64,
+        error: LinkError,
+    },
+}
+
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<(u64, Message)>,
+    abort: AbortHandle,
+}
+
+struct Driver {
+    node: Arc<Node>,
+    cfg: FailoverConfig,
+    machine: Machine,
+    started: Instant,
+    view_tx: watch::Sender<View>,
+    events: mpsc::Sender<LinkEvent>,
+    conn: Option<Conn>,
+    connecting: bool,
+    next_id: u64,
+    peer_hello: Option<Hello>,
+    last_heartbeat: Option<i64>,
+    reply: Option<Reply>,
+}
+
+fn settings(cfg: &FailoverConfig) -> Settings {
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    Settings {
+        role: cfg.role,
+        startup_delay: ms(cfg.startup_delay),
+        timeout: ms(cfg.timeout),
+        check_interval: ms(cfg.check_interval),
+        heartbeat_every: cfg.heartbeat_every,
+        failback: cfg.failback,
+        failback_after: cfg.failback_after,
+        primary_grace: ms(cfg.primary_grace),
+    }
+}
+
+/// Start failover for `node`. The secondary's link listener is bound by the
+/// caller (so its address can go into listen.json). Returns the handle; the
+/// task runs until `stop`.
+pub async fn start(
+    node: Arc<Node>,
+    cfg: FailoverConfig,
+    listener: Option<TcpListener>,
+    stop: Listener,
+) -> Result<(Handle, tokio::task::JoinHandle<()>), crate::store::StoreError> {
+    let stored = node.store().read(log::load_state).await?;
+    let (fs, epoch) = stored.map_or((Fs::Standby, 0), |(fs, e)| (Fs::from_number(fs), e));
+    let machine = Machine::start(settings(&cfg), fs, epoch);
+    if machine.fenced {
+        tracing::warn!(
+            "restarted with FS=1: rules stay suppressed until the primary is heard or one check passes"
+        );
+    }
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let driver = Driver {
+        node,
+        cfg,
+        machine,
+        started: Instant::now(),
+        view_tx: watch::channel(placeholder_view()).0,
+        events: events_tx,
+        conn: None,
+        connecting: false,
+        next_id: 0,
+        peer_hello: None,
+        last_heartbeat: None,
+        reply: None,
+    };
+    let view_rx = driver.view_tx.subscribe();
+    driver.publish();
+    if let Some(l) = listener {
+        let hello_view = driver.view_tx.subscribe();
+        let acceptor = Acceptor {
+            node: driver.node.clone(),
+            cfg: driver.cfg.clone(),
+            view: hello_view,
+            events: driver.events.clone(),
+            started: driver.started,
+        };
+        tokio::spawn(acceptor.run(l, stop.clone()));
+    }
+    let task = tokio::spawn(driver.run(events_rx, cmd_rx, stop));
+    Ok((
+        Handle {
+            view: view_rx,
+            commands: cmd_tx,
+        },
+        task,
+    ))
+}
+
+fn placeholder_view() -> View {
+    View {
+        role: PairRole::Primary,
+        fs: 2,
+        epoch: 0,
+        active: false,
+        fenced: false,
+        ready: false,
+        link_up: false,
+        peer_name: String::new(),
+        peer_link: None,
+        peer_admin: None,
+        peer: None,
+        last_heartbeat: None,
+        failback: "auto",
+        failover_open: false,
+    }
+}
+
+/// Our hello, from the current view.
+fn hello(node: &Node, cfg: &FailoverConfig, v: &View, started: Instant) -> Hello {
+    Hello {
+        node: node.config().node.name.clone(),
+        role: cfg.role,
+        primary: cfg.primary.clone(),
+        secondary: cfg.secondary.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        link_protocol: link::PROTOCOL,
+        sync_types: cfg.table_sync_types.clone(),
+        epoch: v.epoch,
+        fs: if v.fs == 1 { Fs::Active } else { Fs::Standby },
+        fenced: v.fenced,
+        uptime_ms: started.elapsed().as_millis() as u64,
+        ready: v.ready,
+        clock_ms: now_ms(),
+        admin: node.admin_url().map(str::to_owned),
+    }
+}
+
+fn status_of(h: &Hello) -> PeerStatus {
+    PeerStatus {
+        fs: h.fs,
+        epoch: h.epoch,
+        ready: h.ready,
+        fenced: h.fenced,
+    }
+}
+
+/// Run one session: the writer as its own task, the reader here.
+async fn run_session(id: u64, session: Session, events: mpsc::Sender<LinkEvent>) {
+    let Session {
+        peer,
+        mut sender,
+        mut receiver,
+    } = session;
+    let (tx, mut rx) = mpsc::channel::<(u64, Message)>(256);
+    let writer = tokio::spawn(async move {
+        while let Some((epoch, m)) = rx.recv().await {
+            if sender.send(epoch, Body::Machine(m)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let reader = tokio::spawn({
+        let events = events.clone();
+        async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(Body::Machine(msg)) => {
+                        if events.send(LinkEvent::Msg { id, msg }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Body::Hello(_)) => {
+                        let error = LinkError::Garbage("a second hello in one session".into());
+                        let _ = events.send(LinkEvent::Down { id, error }).await;
+                        return;
+                    }
+                    Err(error) => {
+                        let _ = events.send(LinkEvent::Down { id, error }).await;
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let abort = reader.abort_handle();
+    let writer_abort = writer.abort_handle();
+    let _ = events
+        .send(LinkEvent::Up {
+            id,
+            peer: Box::new(peer),
+            tx,
+            abort,
+        })
+        .await;
+    let _ = reader.await;
+    writer_abort.abort();
+}
+
+struct Acceptor {
+    node: Arc<Node>,
+    cfg: FailoverConfig,
+    view: watch::Receiver<View>,
+    events: mpsc::Sender<LinkEvent>,
+    started: Instant,
+}
+
+impl Acceptor {
+    async fn run(self, listener: TcpListener, stop: Listener) {
+        let stop = stop.wait();
+        tokio::pin!(stop);
+        let mut id = 1u64 << 32;
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut stop => return,
+                a = listener.accept() => a,
+            };
+            let Ok((stream, from)) = accepted else {
+                continue;
+            };
+            id += 1;
+            let mine = hello(&self.node, &self.cfg, &self.view.borrow(), self.started);
+            let (node, secret, events) = (
+                self.node.clone(),
+                self.cfg.secret.clone(),
+                self.events.clone(),
+            );
+            tokio::spawn(async move {
+                match link::accept(stream, secret.as_bytes(), &mine).await {
+                    Ok(session) => run_session(id, session, events).await,
+                    Err(e) => {
+                        node.metrics().link_rejected(e.kind());
+                        tracing::warn!(%from, "link refused: {e}");
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl Driver {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Wall-clock ms of monotonic `mono`.
+    fn wall(&self, mono: u64) -> i64 {
+        now_ms() - (self.now().saturating_sub(mono)) as i64
+    }
+
+    fn publish(&self) {
+        let m = &self.machine;
+        let view = View {
+            role: self.cfg.role,
+            fs: m.fs.number(),
+            epoch: m.epoch,
+            active: m.active(),
+            fenced: m.fenced,
+            ready: m.ready(),
+            link_up: m.link_up,
+            peer_name: self.cfg.peer_name().to_owned(),
+            peer_link: self.cfg.peer.clone(),
+            peer_admin: self
+                .cfg
+                .peer_admin
+                .clone()
+                .or_else(|| self.peer_hello.as_ref().and_then(|h| h.admin.clone())),
+            peer: self.peer_hello.as_ref().map(|h| PeerView {
+                node: h.node.clone(),
+                fs: m.peer.map_or(h.fs, |p| p.fs).number(),
+                epoch: m.peer.map_or(h.epoch, |p| p.epoch),
+                ready: m.peer.map_or(h.ready, |p| p.ready),
+                version: h.version.clone(),
+                admin: h.admin.clone(),
+            }),
+            last_heartbeat: self.last_heartbeat,
+            failback: if m.pinned_manual || m.settings.failback == Failback::Manual {
+                "manual"
+            } else {
+                "auto"
+            },
+            failover_open: m.failover_open,
+        };
+        self.view_tx.send_replace(view);
+    }
+
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<LinkEvent>,
+        mut commands: mpsc::Receiver<(Command, Reply)>,
+        stop: Listener,
+    ) {
+        let mut tick = tokio::time::interval(self.cfg.check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = stop.wait();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tick.tick() => self.step(Input::Tick).await,
+                Some(ev) = events.recv() => self.on_link(ev).await,
+                Some((cmd, reply)) = commands.recv() => {
+                    self.reply = Some(reply);
+                    self.step(Input::Command(cmd)).await;
+                    if let Some(r) = self.reply.take() {
+                        let _ = r.send(Err("no answer"));
+                    }
+                }
+            }
+        }
+        if let Some(c) = self.conn.take() {
+            c.abort.abort();
+        }
+    }
+
+    async fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Up {
+                id,
+                peer,
+                tx,
+                abort,
+            } => {
+                if let Some(old) = self.conn.take() {
+                    // A new connection replaces the old one; the old one's
+                    // unread data is discarded with it.
+                    old.abort.abort();
+                    tracing::info!("a new link connection replaces the old one");
+                    self.step(Input::LinkDown).await;
+                }
+                self.connecting = false;
+                let skew = (peer.clock_ms - now_ms()).abs();
+                if skew > 1000 {
+                    tracing::warn!(peer = %peer.node, skew_ms = skew, "clock skew with the peer is over 1 s");
+                }
+                if peer.version != env!("CARGO_PKG_VERSION") {
+                    tracing::info!(peer = %peer.node, version = %peer.version, "peer runs another version (rolling upgrade?)");
+                }
+                tracing::info!(peer = %peer.node, fs = peer.fs.number(), epoch = peer.epoch, "link up");
+                let status = status_of(&peer);
+                self.peer_hello = Some(*peer);
+                self.last_heartbeat = Some(now_ms());
+                self.conn = Some(Conn { id, tx, abort });
+                self.step(Input::LinkUp(status)).await;
+            }
+            LinkEvent::Msg { id, msg } => {
+                if self.conn.as_ref().is_none_or(|c| c.id != id) {
+                    return;
+                }
+                let input = match msg {
+                    Message::Status(s) => {
+                        self.last_heartbeat = Some(now_ms());
+                        Input::Heartbeat(s)
+                    }
+                    Message::HandOver { epoch } => Input::HandOver { epoch },
+                    Message::HandOverRequest => Input::HandOverRequest,
+                };
+                self.step(input).await;
+            }
+            LinkEvent::Down { id, error } => {
+                if self.conn.as_ref().is_some_and(|c| c.id == id) {
+                    self.conn = None;
+                    if !matches!(error, LinkError::Closed | LinkError::Io(_)) {
+                        self.node.metrics().link_rejected(error.kind());
+                    }
+                    tracing::warn!("link down: {error}");
+                    self.step(Input::LinkDown).await;
+                } else if id == self.next_id && self.connecting {
+                    self.connecting = false;
+                    if !matches!(error, LinkError::Io(_) | LinkError::Timeout) {
+                        self.node.metrics().link_rejected(error.kind());
+                        tracing::warn!("link refused: {error}");
+                    } else {
+                        tracing::debug!("cannot reach the secondary: {error}");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn step(&mut self, input: Input) {
+        let effects = self.machine.step(self.now(), input);
+        for effect in effects {
+            if !self.apply(effect).await {
+                break;
+            }
+        }
+        self.publish();
+    }
+
+    /// Carry out one effect; `false` stops the rest of the step.
+    async fn apply(&mut self, effect: Effect) -> bool {
+        match effect {
+            Effect::Persist { fs, epoch } => {
+                let n = fs.number();
+                if let Err(e) = self
+                    .node
+                    .store()
+                    .write(move |c| log::save_state(c, n, epoch))
+                    .await
+                {
+                    tracing::error!("cannot persist FS={n} epoch={epoch}: {e}; not changing state");
+                    return false;
+                }
+            }
+            Effect::OpenGate => {
+                self.node.gate().open();
+                tracing::info!(epoch = self.machine.epoch, "active: rules run on this node");
+            }
+            Effect::CloseGate => {
+                let gate = self.node.gate().clone();
+                let _ = tokio::task::spawn_blocking(move || gate.close()).await;
+                tracing::info!("standby: rules suppressed on this node");
+            }
+            Effect::RaiseOn {
+                reason,
+                epoch,
+                down_since,
+            } => {
+                let fields = [
+                    ("reason", Value::from(reason.as_str())),
+                    ("epoch", Value::Int(epoch as i64)),
+                    ("primary", Value::from(self.cfg.primary.as_str())),
+                    ("down_since", Value::Int(self.wall(down_since))),
+                ];
+                tracing::warn!(
+                    reason = reason.as_str(),
+                    epoch,
+                    "FAILOVER-ON: this secondary is now active"
+                );
+                self.raise("FAILOVER-ON", epoch, &fields).await;
+            }
+            Effect::RaiseOff { epoch } => {
+                let fields = [
+                    ("reason", Value::from("handback")),
+                    ("epoch", Value::Int(epoch as i64)),
+                    ("primary", Value::from(self.cfg.primary.as_str())),
+                ];
+                tracing::info!(epoch, "FAILOVER-OFF: handing back to the primary");
+                self.raise("FAILOVER-OFF", epoch, &fields).await;
+            }
+            Effect::Send(m) => {
+                if let Some(c) = &self.conn
+                    && c.tx.try_send((self.machine.epoch, m)).is_err()
+                {
+                    tracing::warn!("link send queue full or closed");
+                }
+            }
+            Effect::Connect => self.connect(),
+            Effect::FailoverStarted { reason } => {
+                let (name, mode) = (self.node.config().node.name.clone(), self.failback_mode());
+                let at = now_ms();
+                if let Err(e) = self
+                    .node
+                    .store()
+                    .write(move |c| log::start(c, &name, reason.as_str(), mode, at))
+                    .await
+                {
+                    tracing::error!("failover log: {e}");
+                }
+            }
+            Effect::FailoverEnded => {
+                let name = self.node.config().node.name.clone();
+                let at = now_ms();
+                if let Err(e) = self
+                    .node
+                    .store()
+                    .write(move |c| log::end(c, &name, at))
+                    .await
+                {
+                    tracing::error!("failover log: {e}");
+                }
+            }
+            Effect::Reply(r) => {
+                if let Some(tx) = self.reply.take() {
+                    let _ = tx.send(r);
+                }
+            }
+        }
+        true
+    }
+
+    fn failback_mode(&self) -> &'static str {
+        if self.machine.pinned_manual || self.machine.settings.failback == Failback::Manual {
+            "manual"
+        } else {
+            "auto"
+        }
+    }
+
+    async fn raise(&self, name: &str, epoch: u64, fields: &[(&str, Value)]) {
+        let signal = SignalInput {
+            name: name.to_owned(),
+            source: Some(self.node.config().node.name.clone()),
+            key: Some(format!("{name}:{epoch}")),
+            time: None,
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        };
+        if let Err(e) = self.node.ingest(vec![signal], true).await {
+            tracing::error!("could not raise {name}: {e}");
+        }
+    }
+
+    fn connect(&mut self) {
+        if self.connecting || self.conn.is_some() {
+            return;
+        }
+        let Some(addr) = self.cfg.peer.clone() else {
+            return;
+        };
+        self.connecting = true;
+        self.next_id += 1;
+        let id = self.next_id;
+        let mine = hello(&self.node, &self.cfg, &self.view_tx.borrow(), self.started);
+        let secret = self.cfg.secret.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            match link::connect(&addr, secret.as_bytes(), &mine).await {
+                Ok(session) => run_session(id, session, events).await,
+                Err(error) => {
+                    let _ = events.send(LinkEvent::Down { id, error }).await;
+                }
+            }
+        });
+    }
+}
