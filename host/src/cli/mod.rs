@@ -1,6 +1,7 @@
 //! The `tandem` command line: argument parsing and the edge where errors
 //! become messages and exit codes (the only place `anyhow` is used).
 
+mod client;
 mod rule;
 
 use std::process::ExitCode;
@@ -24,6 +25,15 @@ pub enum Command {
     /// Write, check and dry-run rule modules.
     #[command(subcommand)]
     Rule(rule::RuleCommand),
+    /// Send a signal to one or more nodes.
+    #[command(subcommand)]
+    Signal(client::SignalCommand),
+    /// Show a node's full status.
+    Status(client::Target),
+    /// Let the secondary hand back to the primary (manual failback).
+    Failback(client::Target),
+    /// Hand the active role to the other node of the pair.
+    Switchover(client::Target),
     /// Run a node.
     Serve {
         /// The config file.
@@ -65,6 +75,10 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Rule(cmd) => rule::run(cmd),
+        Command::Signal(cmd) => client::signal(cmd),
+        Command::Status(t) => client::status(&t),
+        Command::Failback(t) => client::pair_command(&t, "failback"),
+        Command::Switchover(t) => client::pair_command(&t, "switchover"),
         Command::Serve { config } => {
             let config = crate::config::Config::load(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
