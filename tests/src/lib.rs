@@ -125,4 +125,5 @@ pub fn assemble(wat_file: &Path, dir: &Path) -> PathBuf {
 
 pub mod http;
 pub mod node;
+pub mod proxy;
 pub mod webhook;

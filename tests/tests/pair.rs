@@ -1,0 +1,447 @@
+//! A primary and a secondary as real `tandem serve` processes on loopback,
+//! lab timings (check 100 ms, timeout 1 s), the real failover-notify rule
+//! and a webhook. The tests in this file run one at a time.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tandem_tests::http::{get, post};
+use tandem_tests::node::{NodeProc, write_config};
+use tandem_tests::proxy::Proxy;
+use tandem_tests::webhook::{Received, Webhook};
+use tandem_tests::{sample_wasm, tandem};
+
+/// Pair tests share the machine's two cores: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const TIMEOUT_MS: u64 = 1000;
+const CHECK_MS: u64 = 100;
+/// Generous: these must hold on a loaded 2-core machine.
+const MARGIN: Duration = Duration::from_secs(4);
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Opts {
+    failback: &'static str,
+    startup_delay: &'static str,
+    secret_p: &'static str,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            failback: "auto",
+            startup_delay: "300ms",
+            secret_p: "pair-secret",
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn failover_section(role: &str, o: &Opts, secret: &str, link: &str) -> String {
+    let (key, rank) = if role == "primary" {
+        ("peer", 1)
+    } else {
+        ("listen", 2)
+    };
+    format!(
+        "[failover]\nrole = \"{role}\"\nrank = {rank}\nprimary = \"dev4120\"\nsecondary = \"wat4120\"\n{key} = \"{link}\"\n\
+         secret = \"{secret}\"\nstartup_delay = \"{}\"\ntimeout = \"{TIMEOUT_MS}ms\"\ncheck_interval = \"{CHECK_MS}ms\"\n\
+         failback = \"{}\"\n[failover.advanced]\nlab_timings = true\n",
+        o.startup_delay, o.failback
+    )
+}
+
+struct Pair {
+    p: NodeProc,
+    s: NodeProc,
+    hook: Webhook,
+    _dir: tempfile::TempDir,
+}
+
+/// Start the secondary (its link on `link_port`), then the primary dialing
+/// `dial` (the link port, or a proxy in front of it).
+fn start_pair(o: Opts, proxy: Option<&dyn Fn(String) -> String>) -> Pair {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = Webhook::start();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("mkdir");
+    std::fs::copy(
+        sample_wasm("failover_notify"),
+        rules.join("failover-notify.wasm"),
+    )
+    .expect("copy");
+    let common = format!(
+        "[rules]\ndir = \"{}\"\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\n",
+        rules.display(),
+        hook.url()
+    );
+    let link = format!("127.0.0.1:{}", free_port());
+    let s_dir = dir.path().join("s");
+    let p_dir = dir.path().join("p");
+    std::fs::create_dir_all(&s_dir).expect("mkdir");
+    std::fs::create_dir_all(&p_dir).expect("mkdir");
+    let s_cfg = write_config(
+        &s_dir,
+        "wat4120",
+        &(common.clone() + &failover_section("secondary", &o, "pair-secret", &link)),
+    );
+    let s = NodeProc::start(&s_dir, &s_cfg);
+    let dial = proxy.map_or(link.clone(), |f| f(link.clone()));
+    let mut p_extra = common + &failover_section("primary", &o, o.secret_p, &dial);
+    p_extra = p_extra.replace(
+        "[failover.advanced]",
+        &format!("peer_admin = \"{}\"\n[failover.advanced]", s.admin()),
+    );
+    let p_cfg = write_config(&p_dir, "dev4120", &p_extra);
+    let p = NodeProc::start(&p_dir, &p_cfg);
+    Pair {
+        p,
+        s,
+        hook,
+        _dir: dir,
+    }
+}
+
+fn status(node: &NodeProc) -> (u16, serde_json::Value) {
+    let a = get(node.admin(), "/status", None);
+    (a.status, a.json())
+}
+
+fn wait_until(what: &str, limit: Duration, mut pred: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !pred() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+/// P active, S standby, and S has heard that P is Ready (a takeover needs
+/// the primary's last status to say Ready).
+fn wait_normal(pair: &Pair) {
+    wait_until("P active, S standby, P Ready as S sees it", WAIT, || {
+        status(&pair.p).0 == 200
+            && status(&pair.s).0 == 503
+            && get(pair.s.admin(), "/api/v1/status", Some("admin")).json()["peer"]["status"]["ready"]
+                == true
+    });
+}
+
+fn subjects(got: &[Received], needle: &str) -> usize {
+    got.iter()
+        .filter(|r| {
+            r.answered < 300
+                && r.body["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(needle))
+        })
+        .count()
+}
+
+fn failovers(node: &NodeProc) -> Vec<serde_json::Value> {
+    get(node.admin(), "/api/v1/failovers", Some("admin"))
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn kill_9_of_the_primary_fails_over_and_a_restart_hands_back() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = start_pair(Opts::default(), None);
+    wait_normal(&pair);
+    let st = get(pair.s.admin(), "/api/v1/status", Some("admin")).json();
+    assert_eq!(st["peer"]["link_state"], "up", "{st}");
+
+    let killed = Instant::now();
+    pair.p.kill9();
+    let got = pair
+        .hook
+        .wait_until(Duration::from_millis(TIMEOUT_MS + CHECK_MS) + MARGIN, |g| {
+            subjects(g, "offline") == 1
+        });
+    let elapsed = killed.elapsed();
+    println!("FAILOVER-ON notification {elapsed:?} after kill -9 (timeout {TIMEOUT_MS} ms)");
+    let on = got
+        .iter()
+        .find(|r| {
+            r.body["subject"]
+                .as_str()
+                .is_some_and(|s| s.contains("offline"))
+        })
+        .expect("on");
+    assert_eq!(on.body["node"], "wat4120");
+    assert_eq!(on.body["signal"]["name"], "FAILOVER-ON");
+    assert_eq!(on.body["signal"]["fields"]["reason"], "heartbeat timeout");
+    assert_eq!(on.body["signal"]["fields"]["primary"], "dev4120");
+    assert_eq!(status(&pair.s), (200, status(&pair.s).1));
+    let f = failovers(&pair.s);
+    assert_eq!(
+        (f.len(), f[0]["active"].as_bool()),
+        (1, Some(true)),
+        "{f:?}"
+    );
+
+    // A standby primary that comes back: FAILOVER-OFF, then handback.
+    pair.p.restart();
+    pair.hook
+        .wait_until(WAIT, |g| subjects(g, "back online") == 1);
+    wait_normal(&pair);
+    let (_, p) = status(&pair.p);
+    assert_eq!((p["fs"].as_i64(), p["epoch"].as_i64()), (Some(1), Some(1)));
+    let f = failovers(&pair.s);
+    assert_eq!(f[0]["active"], false, "{f:?}");
+    assert!(f[0]["duration_ms"].as_i64().is_some_and(|d| d > 0));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(subjects(&pair.hook.received(), "offline"), 1);
+    assert_eq!(subjects(&pair.hook.received(), "back online"), 1);
+}
+
+#[test]
+fn a_secondary_restarted_with_fs_1_stays_active_and_hands_back() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = start_pair(Opts::default(), None);
+    wait_normal(&pair);
+    pair.p.kill9();
+    wait_until("S active", WAIT, || status(&pair.s).0 == 200);
+    pair.s.restart();
+    wait_until("S active again after its restart", WAIT, || {
+        status(&pair.s).0 == 200
+    });
+    assert_eq!(status(&pair.s).1["fs"], 1);
+    pair.p.restart();
+    wait_normal(&pair);
+    pair.hook
+        .wait_until(WAIT, |g| subjects(g, "back online") == 1);
+    std::thread::sleep(Duration::from_millis(600));
+    let got = pair.hook.received();
+    assert_eq!(
+        subjects(&got, "offline"),
+        1,
+        "no second FAILOVER-ON after the restart"
+    );
+    assert_eq!(subjects(&got, "back online"), 1);
+}
+
+#[test]
+fn startup_delay_blocks_a_takeover() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = Opts {
+        startup_delay: "3s",
+        ..Opts::default()
+    };
+    let mut pair = start_pair(o, None);
+    // The secondary restarts alone: it never hears the primary, the 1 s
+    // timeout passes, but it is not Ready for 3 s.
+    pair.p.kill9();
+    pair.s.restart();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(1800));
+    assert_eq!(status(&pair.s).0, 503, "not Ready yet: no takeover");
+    wait_until("S active once Ready", WAIT, || status(&pair.s).0 == 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    let f = failovers(&pair.s);
+    assert_eq!(f[0]["reason"], "primary not heard since start");
+}
+
+#[test]
+fn a_primary_that_never_got_ready_is_not_taken_over_from() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = Opts {
+        startup_delay: "5s",
+        ..Opts::default()
+    };
+    let mut pair = start_pair(o, None);
+    // S heard P, but P was not yet Ready when it died (a crash loop):
+    // no takeover, however long the silence.
+    wait_until("the link", WAIT, || {
+        get(pair.s.admin(), "/api/v1/status", Some("admin")).json()["peer"]["link_state"] == "up"
+    });
+    pair.p.kill9();
+    std::thread::sleep(Duration::from_millis(6500));
+    assert_eq!(status(&pair.s).0, 503);
+}
+
+#[test]
+fn manual_failback_and_switchover_both_ways() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = Opts {
+        failback: "manual",
+        ..Opts::default()
+    };
+    let mut pair = start_pair(o, None);
+    wait_normal(&pair);
+    pair.p.kill9();
+    wait_until("S active", WAIT, || status(&pair.s).0 == 200);
+    pair.p.restart();
+    wait_until("P linked", WAIT, || {
+        get(pair.p.admin(), "/api/v1/status", Some("admin")).json()["peer"]["link_state"] == "up"
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        (status(&pair.p).0, status(&pair.s).0),
+        (503, 200),
+        "manual: no failback on its own"
+    );
+    let r = tandem(&["failback", "--admin", pair.p.admin(), "--token", "admin"]);
+    assert!(r.status.success(), "{r:?}");
+    wait_normal(&pair);
+    pair.hook
+        .wait_until(WAIT, |g| subjects(g, "back online") == 1);
+
+    // Switchover to the secondary, asked on the primary.
+    let a = post(pair.p.admin(), "/api/v1/switchover", Some("admin"), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    wait_until("S active by switchover", WAIT, || {
+        status(&pair.s).0 == 200 && status(&pair.p).0 == 503
+    });
+    let f = failovers(&pair.s);
+    assert_eq!(
+        (f[0]["reason"].as_str(), f[0]["failback_mode"].as_str()),
+        (Some("switchover"), Some("manual"))
+    );
+    // And back, asked on the secondary.
+    let r = tandem(&["switchover", "--admin", pair.s.admin(), "--token", "admin"]);
+    assert!(r.status.success(), "{r:?}");
+    wait_normal(&pair);
+    // A refused command says why, with 409.
+    let a = post(pair.p.admin(), "/api/v1/failback", Some("admin"), "");
+    assert_eq!(a.status, 409, "{}", a.body);
+}
+
+#[test]
+fn a_standby_answers_executed_false_and_names_the_active_node() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = start_pair(Opts::default(), None);
+    wait_normal(&pair);
+    let r = tandem(&[
+        "signal",
+        "send",
+        "DOOR-1-OPEN",
+        "--key",
+        "d1",
+        "--token",
+        "admin",
+        "--node",
+        pair.p.admin(),
+        "--node",
+        pair.s.admin(),
+    ]);
+    assert!(r.status.success(), "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("key d1 executed by: {}", pair.p.admin())),
+        "{}",
+        r.stdout
+    );
+    let reply = post(
+        pair.s.admin(),
+        "/api/v1/signals",
+        Some("ingest"),
+        r#"{"name":"DOOR-2-OPEN"}"#,
+    )
+    .json();
+    assert_eq!(reply["state"], "standby");
+    assert_eq!(reply["accepted"][0]["executed"], false);
+    assert_eq!(reply["active"], pair.p.admin());
+}
+
+#[test]
+fn a_wrong_secret_and_garbage_are_refused_and_counted() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = Opts {
+        secret_p: "not-the-secret",
+        ..Opts::default()
+    };
+    let pair = start_pair(o, None);
+    let metric = |node: &NodeProc, reason: &str| {
+        let text = get(node.admin(), "/metrics", None).body;
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "tandem_link_rejected_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_until("the secondary to count auth refusals", WAIT, || {
+        metric(&pair.s, "auth") > 0
+    });
+    wait_until("the primary to count auth refusals", WAIT, || {
+        metric(&pair.p, "auth") > 0
+    });
+    assert!(
+        pair.p.log().contains("does not have the pair secret")
+            || pair.p.log().contains("link refused")
+    );
+    // Garbage on the link port.
+    let link = std::fs::read_to_string(pair.s.dir.join("data/listen.json")).expect("listen.json");
+    let link: serde_json::Value = serde_json::from_str(&link).expect("json");
+    {
+        use std::io::Write;
+        let mut raw = std::net::TcpStream::connect(link["link"].as_str().expect("link addr"))
+            .expect("connect");
+        raw.write_all(&[0, 0, 0, 4, 0xc1, 0xc1, 0xc1, 0xc1])
+            .expect("write");
+    }
+    wait_until("a garbage refusal", WAIT, || metric(&pair.s, "garbage") > 0);
+    assert!(
+        status(&pair.s).0 == 503 || status(&pair.s).0 == 200,
+        "the node is unaffected"
+    );
+    assert_eq!(
+        get(pair.s.admin(), "/api/v1/status", Some("admin")).status,
+        200
+    );
+}
+
+#[test]
+fn a_partition_makes_both_active_and_the_heal_leaves_one() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let proxy_cell: std::cell::RefCell<Option<Proxy>> = std::cell::RefCell::new(None);
+    let make = |target: String| {
+        let p = Proxy::start(target);
+        let addr = p.addr().to_owned();
+        *proxy_cell.borrow_mut() = Some(p);
+        addr
+    };
+    let pair = start_pair(Opts::default(), Some(&make));
+    let proxy = proxy_cell.borrow_mut().take().expect("proxy");
+    wait_normal(&pair);
+    proxy.blackhole();
+    wait_until(
+        "both active in the partition",
+        Duration::from_millis(TIMEOUT_MS) + MARGIN + MARGIN,
+        || status(&pair.s).0 == 200 && status(&pair.p).0 == 200,
+    );
+    proxy.heal();
+    let bound = Duration::from_millis(TIMEOUT_MS) + MARGIN;
+    let took = wait_until("exactly one active after the heal", bound, || {
+        let (p, s) = (status(&pair.p).0 == 200, status(&pair.s).0 == 200);
+        p != s
+    });
+    println!("one active node {took:?} after the heal");
+    wait_normal(&pair);
+    pair.hook
+        .wait_until(WAIT, |g| subjects(g, "back online") == 1);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        subjects(&pair.hook.received(), "back online"),
+        1,
+        "FAILOVER-OFF raised once"
+    );
+    assert_eq!(subjects(&pair.hook.received(), "offline"), 1);
+}
