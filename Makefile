@@ -4,13 +4,14 @@
 #   make test    build the rules and the binary, run every test
 #   make bench   criterion benches (figures go to docs/performance.md)
 #   make lint    rustfmt and clippy, warnings are errors
+#   make demo    a primary and a secondary on loopback: kill, failover, handback
 
 CARGO       ?= cargo
 WASM_TARGET := wasm32-unknown-unknown
 RULES       := panic-button failover-notify door-held-open threshold
 WASM_DIR    := target/$(WASM_TARGET)/release
 
-.PHONY: all wasm-target rules build test bench lint run clean
+.PHONY: all wasm-target rules build test bench lint run demo clean
 
 all: rules build
 
@@ -55,6 +56,9 @@ run: rules build
 	@echo "       --field primary=dev4120 --field down_since=1763780000000"
 	@echo
 	./target/release/tandem serve --config examples/standalone.toml
+
+demo: rules build
+	./scripts/demo.sh
 
 clean:
 	$(CARGO) clean
