@@ -31,7 +31,7 @@ test: rules
 	$(CARGO) test --workspace
 
 bench: rules
-	$(CARGO) bench -p tandem-host --bench engine --bench node
+	$(CARGO) bench -p tandem-host --bench engine --bench node --bench failover
 
 lint:
 	$(CARGO) fmt --all --check

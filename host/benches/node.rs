@@ -69,7 +69,7 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         rt.spawn(async move {
-            tandem_host::server::run(config, async { drop(stop_rx.await) }, move |node| {
+            tandem_host::server::run(config, async { drop(stop_rx.await) }, move |node, _| {
                 ready_tx.send(node.clone()).unwrap();
             })
             .await

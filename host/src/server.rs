@@ -35,12 +35,13 @@ pub enum ServeError {
 /// How often old event log rows and notifications are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Run a node until `stop` resolves. `on_ready` gets the node once it
-/// listens (tests use it; the CLI passes a no-op).
+/// Run a node until `stop` resolves. `on_ready` gets the node and its
+/// failover handle (pair members) once it listens (benches use it; the CLI
+/// passes a no-op).
 pub async fn run(
     config: Config,
     stop: impl Future<Output = ()> + Send + 'static,
-    on_ready: impl FnOnce(&Arc<Node>),
+    on_ready: impl FnOnce(&Arc<Node>, Option<&crate::failover::Handle>),
 ) -> Result<(), ServeError> {
     // A standalone node's gate is always open; a pair member's starts
     // closed and failover opens it. Opening the store is blocking work:
@@ -100,7 +101,7 @@ pub async fn run(
 
     tasks.spawn(delivery::run(node.clone(), listener.clone().wait()));
     tasks.spawn(prune_loop(node.clone(), listener.clone()));
-    on_ready(&node);
+    on_ready(&node, failover.as_ref());
 
     let app = crate::admin::app(node.clone(), failover);
     let result = axum::serve(tcp, app)

@@ -87,7 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(crate::server::run(
                 config,
                 crate::shutdown::os_signal(),
-                |_| {},
+                |_, _| {},
             ))?;
             Ok(())
         }

@@ -1,0 +1,139 @@
+//! Failover benchmarks (`make bench`): two real nodes in-process (real
+//! SQLite files, the real link over loopback TCP, the real failover-notify
+//! rule), lab timings: check 100 ms, timeout 1 s, heartbeat every 2 checks.
+//!
+//! - `failover/detect_to_notify_minus_timeout`: from the primary's death
+//!   (its server stopped: no more heartbeats) to the FAILOVER-ON rule's
+//!   notification in the secondary's outbox, minus the configured timeout.
+//!   Target: at most check_interval + 50 ms.
+//! - `failover/handback`: from an operator's failback request on the
+//!   standby primary to the primary active (FAILOVER-OFF and its rules, gate
+//!   closed, FS=2 stored, hand-over, FS=1 stored, gate open).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use tandem_host::config::Config;
+use tandem_host::failover::Handle;
+use tandem_host::failover::machine::Command;
+use tandem_host::node::Node;
+
+const TIMEOUT: Duration = Duration::from_millis(1000);
+
+struct Running {
+    node: Arc<Node>,
+    handle: Handle,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn config(dir: &std::path::Path, role: &str, link: &str, failback: &str) -> Config {
+    let (name, key) = if role == "primary" { ("dev4120", "peer") } else { ("wat4120", "listen") };
+    let rules = dir.join("rules");
+    let text = format!(
+        "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t\"\n\
+         [rules]\ndir = \"{}\"\n[failover]\nrole = \"{role}\"\nprimary = \"dev4120\"\nsecondary = \"wat4120\"\n\
+         {key} = \"{link}\"\nsecret = \"s\"\nstartup_delay = \"200ms\"\ntimeout = \"1s\"\ncheck_interval = \"100ms\"\n\
+         failback = \"{failback}\"\n[failover.advanced]\nlab_timings = true\n[[sinks]]\nname = \"log\"\nkind = \"log\"\n",
+        dir.join(name).display(),
+        rules.display()
+    );
+    Config::parse(&text).unwrap()
+}
+
+fn start(rt: &tokio::runtime::Runtime, config: Config) -> Running {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = tandem_host::server::run(config, async { drop(stop_rx.await) }, move |node, handle| {
+            ready_tx.send((node.clone(), handle.cloned().unwrap())).unwrap();
+        })
+        .await;
+    });
+    let (node, handle) = ready_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    Running {
+        node,
+        handle,
+        stop: stop_tx,
+    }
+}
+
+fn wasm_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into())
+        .join("wasm32-unknown-unknown/release")
+}
+
+/// A fresh pair, P active and Ready in S's eyes.
+fn pair(rt: &tokio::runtime::Runtime, failback: &str) -> (tempfile::TempDir, Running, Running, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::copy(wasm_dir().join("failover_notify.wasm"), dir.path().join("rules/failover_notify.wasm")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let link = format!("127.0.0.1:{port}");
+    let s = start(rt, config(dir.path(), "secondary", &link, failback));
+    let p = start(rt, config(dir.path(), "primary", &link, failback));
+    rt.block_on(s.handle.wait_for(|v| v.link_up && v.peer.as_ref().is_some_and(|p| p.ready && p.fs == 1)));
+    (dir, p, s, link)
+}
+
+fn queued(n: &Node) -> u64 {
+    n.metrics().notifications_queued.load(Ordering::Relaxed)
+}
+
+fn failover(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut g = c.benchmark_group("failover");
+    g.sample_size(10).measurement_time(Duration::from_secs(30)).warm_up_time(Duration::from_millis(1));
+    g.bench_function("detect_to_notify_minus_timeout", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (_dir, p, s, _) = pair(&rt, "auto");
+                let before = queued(&s.node);
+                let killed = Instant::now();
+                let _ = p.stop.send(());
+                while queued(&s.node) == before {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                total += killed.elapsed().saturating_sub(TIMEOUT);
+                let _ = s.stop.send(());
+                drop(p.node);
+            }
+            total
+        })
+    });
+    g.bench_function("handback", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (_dir, p, s, _) = pair(&rt, "manual");
+                rt.block_on(async {
+                    assert!(p.handle.command(Command::Switchover).await.is_ok());
+                    s.handle.wait_for(|v| v.active).await;
+                    p.handle.wait_for(|v| !v.active && v.peer.as_ref().is_some_and(|x| x.fs == 1)).await;
+                });
+                let t = Instant::now();
+                rt.block_on(async {
+                    assert!(p.handle.command(Command::Failback).await.is_ok());
+                    p.handle.wait_for(|v| v.active).await;
+                });
+                total += t.elapsed();
+                let _ = s.stop.send(());
+                let _ = p.stop.send(());
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    failover(&mut c);
+    c.final_summary();
+}
