@@ -31,7 +31,11 @@ struct Running {
 }
 
 fn config(dir: &std::path::Path, role: &str, link: &str, failback: &str) -> Config {
-    let (name, key) = if role == "primary" { ("dev4120", "peer") } else { ("wat4120", "listen") };
+    let (name, key) = if role == "primary" {
+        ("dev4120", "peer")
+    } else {
+        ("wat4120", "listen")
+    };
     let rules = dir.join("rules");
     let text = format!(
         "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t\"\n\
@@ -48,9 +52,15 @@ fn start(rt: &tokio::runtime::Runtime, config: Config) -> Running {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     rt.spawn(async move {
-        let _ = tandem_host::server::run(config, async { drop(stop_rx.await) }, move |node, handle| {
-            ready_tx.send((node.clone(), handle.cloned().unwrap())).unwrap();
-        })
+        let _ = tandem_host::server::run(
+            config,
+            async { drop(stop_rx.await) },
+            move |node, handle| {
+                ready_tx
+                    .send((node.clone(), handle.cloned().unwrap()))
+                    .unwrap();
+            },
+        )
         .await;
     });
     let (node, handle) = ready_rx.recv_timeout(Duration::from_secs(60)).unwrap();
@@ -69,15 +79,29 @@ fn wasm_dir() -> std::path::PathBuf {
 }
 
 /// A fresh pair, P active and Ready in S's eyes.
-fn pair(rt: &tokio::runtime::Runtime, failback: &str) -> (tempfile::TempDir, Running, Running, String) {
+fn pair(
+    rt: &tokio::runtime::Runtime,
+    failback: &str,
+) -> (tempfile::TempDir, Running, Running, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::copy(wasm_dir().join("failover_notify.wasm"), dir.path().join("rules/failover_notify.wasm")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::copy(
+        wasm_dir().join("failover_notify.wasm"),
+        dir.path().join("rules/failover_notify.wasm"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let link = format!("127.0.0.1:{port}");
     let s = start(rt, config(dir.path(), "secondary", &link, failback));
     let p = start(rt, config(dir.path(), "primary", &link, failback));
-    rt.block_on(s.handle.wait_for(|v| v.link_up && v.peer.as_ref().is_some_and(|p| p.ready && p.fs == 1)));
+    rt.block_on(
+        s.handle
+            .wait_for(|v| v.link_up && v.peer.as_ref().is_some_and(|p| p.ready && p.fs == 1)),
+    );
     (dir, p, s, link)
 }
 
@@ -86,9 +110,14 @@ fn queued(n: &Node) -> u64 {
 }
 
 fn failover(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("failover");
-    g.sample_size(10).measurement_time(Duration::from_secs(30)).warm_up_time(Duration::from_millis(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(30))
+        .warm_up_time(Duration::from_millis(1));
     g.bench_function("detect_to_notify_minus_timeout", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -115,7 +144,9 @@ fn failover(c: &mut Criterion) {
                 rt.block_on(async {
                     assert!(p.handle.command(Command::Switchover).await.is_ok());
                     s.handle.wait_for(|v| v.active).await;
-                    p.handle.wait_for(|v| !v.active && v.peer.as_ref().is_some_and(|x| x.fs == 1)).await;
+                    p.handle
+                        .wait_for(|v| !v.active && v.peer.as_ref().is_some_and(|x| x.fs == 1))
+                        .await;
                 });
                 let t = Instant::now();
                 rt.block_on(async {

@@ -445,3 +445,39 @@ fn a_partition_makes_both_active_and_the_heal_leaves_one() {
     );
     assert_eq!(subjects(&pair.hook.received(), "offline"), 1);
 }
+
+/// The model's 9-step I1 trace on real nodes: the secondary takes over and
+/// dies, the primary comes back alone and activates by grace, the
+/// secondary comes back with FS=1. They must never both be active while
+/// linked; the primary steps down, the secondary hands back normally.
+#[test]
+fn grace_then_a_returning_active_secondary_never_gives_two_active_nodes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = start_pair(Opts::default(), None);
+    wait_normal(&pair);
+    pair.p.kill9();
+    wait_until("S active", WAIT, || status(&pair.s).0 == 200);
+    pair.s.kill9();
+    pair.p.restart();
+    wait_until("P active by grace", WAIT, || status(&pair.p).0 == 200);
+    pair.s.restart();
+    let linked = |n: &NodeProc| {
+        get(n.admin(), "/api/v1/status", Some("admin")).json()["peer"]["link_state"] == "up"
+    };
+    let started = Instant::now();
+    let mut both_linked_and_active = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        let (p, s) = (status(&pair.p).0 == 200, status(&pair.s).0 == 200);
+        if p && s && linked(&pair.p) && linked(&pair.s) {
+            both_linked_and_active += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        both_linked_and_active, 0,
+        "two active nodes seen while linked"
+    );
+    wait_normal(&pair);
+    pair.hook
+        .wait_until(WAIT, |g| subjects(g, "back online") == 1);
+}

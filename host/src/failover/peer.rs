@@ -390,7 +390,10 @@ impl Driver {
         mut commands: mpsc::Receiver<(Command, Reply)>,
         stop: Listener,
     ) {
-        let mut tick = tokio::time::interval(self.cfg.check_interval);
+        // The first check comes one interval after start: "one check passes
+        // without hearing the primary" must be a whole check.
+        let period = self.cfg.check_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = stop.wait();
         tokio::pin!(stop);
