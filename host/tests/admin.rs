@@ -454,4 +454,27 @@ async fn prune_drops_rows_past_the_retention() {
     assert_eq!(events, 1);
     let (_, v) = call(&h, "GET", "/api/v1/events", Some("admin"), Body::empty()).await;
     assert_eq!(v[0]["name"], "NEW");
+    // Even with every row pruned, a reopened node never reuses an id.
+    h.node
+        .store()
+        .write_blocking(|c| Ok(c.execute("DELETE FROM event_log", [])?))
+        .unwrap();
+    let dir = h.node.config().node.data_dir.clone();
+    let text = format!(
+        "[node]\nname = \"n1\"\ndata_dir = \"{}\"\n[admin]\ntoken = \"admin\"\n",
+        dir.display()
+    );
+    let again = Harness {
+        node: Node::open(Config::parse(&text).unwrap(), Gate::new(true)).unwrap(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let (_, v) = call(
+        &again,
+        "POST",
+        "/api/v1/signals",
+        Some("admin"),
+        r#"{"name":"LATER"}"#,
+    )
+    .await;
+    assert_eq!(v["accepted"][0]["id"], 3, "ids 1 and 2 were used before");
 }

@@ -172,7 +172,7 @@ impl Node {
             cache_dir: Some(config.node.data_dir.join("module-cache")),
             ..EngineConfig::default()
         })?;
-        let next = store.read_blocking(events::max_id)? + 1;
+        let next = store.read_blocking(events::next_id)?;
         Ok(Arc::new(Node {
             rules: Mutex::new(RuleSet::new(engine.clone(), gate.clone())),
             config: Arc::new(config),
@@ -389,6 +389,9 @@ impl Node {
                 });
             }
             events::insert(&tx, &rows)?;
+            if let Some(last) = rows.last() {
+                events::save_next_id(&tx, last.id + 1)?;
+            }
             for (signal, d) in &dispatched {
                 if let Dispatch::Executed(o) = d {
                     queued += queue_notifications(&tx, &node_name, &sinks, signal, o, now)?;
