@@ -29,7 +29,7 @@ use crate::engine::{
 };
 use crate::metrics::{Metrics, add};
 use crate::store::outbox::NewNotification;
-use crate::store::{Store, StoreError, events, now_ms, outbox, rules};
+use crate::store::{Store, StoreError, events, exec, now_ms, outbox, rules};
 
 /// Signal names only the host raises.
 pub const HOST_ONLY_PREFIXES: [&str; 2] = ["FAILOVER-", "NOTIFY-"];
@@ -113,6 +113,25 @@ pub struct ReloadSummary {
     pub errors: Vec<String>,
 }
 
+/// What happened to one signal in the pipeline.
+#[derive(Debug)]
+enum Run {
+    /// Rules ran; the execution's number.
+    Executed(Outcome, u64),
+    /// The gate was closed: stored (pending on a pair member).
+    Stored,
+    /// Its key already ran here or on the peer: not run again.
+    Covered,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReplaySummary {
+    pub executed: u64,
+    pub covered: u64,
+    pub stale: u64,
+}
+
 /// The id of a notification: the same on both nodes of a pair.
 pub fn notification_id(key: &str, rule: &str, action_index: usize, recipient: &str) -> String {
     let mut h = Sha256::new();
@@ -156,6 +175,7 @@ pub struct Node {
     reload_lock: tokio::sync::Mutex<()>,
     last_reload: Mutex<ReloadSummary>,
     delivery_wake: tokio::sync::Notify,
+    exec_seq: tokio::sync::watch::Sender<u64>,
     admin_url: OnceLock<String>,
     started: Instant,
 }
@@ -173,6 +193,7 @@ impl Node {
             ..EngineConfig::default()
         })?;
         let next = store.read_blocking(events::next_id)?;
+        let last_seq = store.read_blocking(exec::last_seq)?;
         Ok(Arc::new(Node {
             rules: Mutex::new(RuleSet::new(engine.clone(), gate.clone())),
             config: Arc::new(config),
@@ -185,6 +206,7 @@ impl Node {
             reload_lock: tokio::sync::Mutex::new(()),
             last_reload: Mutex::new(ReloadSummary::default()),
             delivery_wake: tokio::sync::Notify::new(),
+            exec_seq: tokio::sync::watch::channel(last_seq).0,
             admin_url: OnceLock::new(),
             started: Instant::now(),
         }))
@@ -334,22 +356,19 @@ impl Node {
             return Err(e);
         }
         let node = self.clone();
-        let accepted = tokio::task::spawn_blocking(move || node.ingest_blocking(batch))
+        tokio::task::spawn_blocking(move || node.ingest_blocking(batch))
             .await
-            .map_err(|e| IngestError::Store(StoreError::Task(e.to_string())))??;
-        self.wake_delivery();
-        Ok(accepted)
+            .map_err(|e| IngestError::Store(StoreError::Task(e.to_string())))?
     }
 
     fn ingest_blocking(&self, batch: Vec<SignalInput>) -> Result<Vec<Accepted>, IngestError> {
         let now = now_ms();
         let node_name = self.config.node.name.clone();
-        let mut dispatched = Vec::with_capacity(batch.len());
-        {
-            let mut rules = self.lock_rules();
-            for input in batch {
+        let signals: Vec<Signal> = batch
+            .into_iter()
+            .map(|input| {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let signal = Signal {
+                Signal {
                     id,
                     key: input.key.unwrap_or_else(|| format!("{node_name}:{id}")),
                     name: input.name,
@@ -357,66 +376,202 @@ impl Node {
                     time: input.time.unwrap_or(now),
                     fields: input.fields,
                     replayed: false,
-                };
-                let started = Instant::now();
-                let d = rules.dispatch(&signal);
-                self.metrics.dispatch_latency.observe(started.elapsed());
-                dispatched.push((signal, d));
-            }
-        }
-        let sinks = self.config.sinks.clone();
-        let (accepted, queued) = self.store.write_blocking(|conn| {
+                }
+            })
+            .collect();
+        let results = self.store.write_blocking(|conn| {
             let tx = conn.transaction()?;
-            let mut rows = Vec::with_capacity(dispatched.len());
-            let mut queued = 0u64;
-            for (signal, d) in &dispatched {
-                let (status, outcome) = match d {
-                    Dispatch::Suppressed => ("suppressed", None),
-                    Dispatch::Executed(o) => ("executed", Some(outcome_json(o).to_string())),
-                };
-                rows.push(events::NewEvent {
-                    id: signal.id,
-                    key: signal.key.clone(),
-                    name: signal.name.clone(),
-                    source: signal.source.clone(),
-                    time: signal.time,
-                    received_at: now,
-                    fields: serde_json::to_string(&signal.fields).unwrap_or_else(|_| "{}".into()),
-                    node: node_name.clone(),
-                    status,
-                    replayed: signal.replayed,
-                    outcome,
-                });
+            let mut seen = std::collections::HashSet::new();
+            let mut results = Vec::with_capacity(signals.len());
+            let mut rows = Vec::with_capacity(signals.len());
+            {
+                let mut rules = self.lock_rules();
+                for signal in signals {
+                    let duplicate = !seen.insert(signal.key.clone()) || exec::already_run(&tx, &signal.key)?;
+                    let run = self.run_one(&tx, &mut rules, &signal, duplicate, now)?;
+                    rows.push(self.event_row(&signal, &run, now));
+                    results.push((signal, run));
+                }
             }
             events::insert(&tx, &rows)?;
             if let Some(last) = rows.last() {
                 events::save_next_id(&tx, last.id + 1)?;
             }
-            for (signal, d) in &dispatched {
-                if let Dispatch::Executed(o) = d {
-                    queued += queue_notifications(&tx, &node_name, &sinks, signal, o, now)?;
-                }
-            }
+            let queued = self.finish(&tx, &results, now)?;
             tx.commit()?;
-            let accepted = dispatched
-                .iter()
-                .map(|(s, d)| Accepted {
-                    id: s.id,
-                    key: s.key.clone(),
-                    executed: matches!(d, Dispatch::Executed(_)),
-                })
-                .collect::<Vec<_>>();
-            Ok((accepted, queued))
+            Ok((results, queued))
         })?;
-        let executed = accepted.iter().filter(|a| a.executed).count() as u64;
-        add(&self.metrics.signals_received, accepted.len() as u64);
+        let (results, queued) = results;
+        self.after_commit(&results, queued);
+        Ok(results
+            .iter()
+            .map(|(s, run)| Accepted {
+                id: s.id,
+                key: s.key.clone(),
+                executed: matches!(run, Run::Executed(..)),
+            })
+            .collect())
+    }
+
+    /// Decide and, if the gate is open, run one signal (inside the store
+    /// transaction, under the rule set's lock).
+    fn run_one(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        rules: &mut RuleSet,
+        signal: &Signal,
+        duplicate: bool,
+        now: i64,
+    ) -> Result<Run, StoreError> {
+        if duplicate {
+            return Ok(Run::Covered);
+        }
+        let started = Instant::now();
+        let d = rules.dispatch(signal);
+        self.metrics.dispatch_latency.observe(started.elapsed());
+        Ok(match d {
+            Dispatch::Suppressed => Run::Stored,
+            Dispatch::Executed(o) => Run::Executed(o, exec::record(tx, &signal.key, now)?),
+        })
+    }
+
+    fn status_of(&self, run: &Run) -> &'static str {
+        match run {
+            Run::Executed(..) => "executed",
+            Run::Covered => "covered",
+            // A pair member keeps what it could not run, to replay it.
+            Run::Stored if self.config.failover.is_some() => "pending",
+            Run::Stored => "suppressed",
+        }
+    }
+
+    fn event_row(&self, signal: &Signal, run: &Run, now: i64) -> events::NewEvent {
+        events::NewEvent {
+            id: signal.id,
+            key: signal.key.clone(),
+            name: signal.name.clone(),
+            source: signal.source.clone(),
+            time: signal.time,
+            received_at: now,
+            fields: serde_json::to_string(&signal.fields).unwrap_or_else(|_| "{}".into()),
+            node: self.config.node.name.clone(),
+            status: self.status_of(run),
+            replayed: signal.replayed,
+            outcome: match run {
+                Run::Executed(o, _) => Some(outcome_json(o).to_string()),
+                _ => None,
+            },
+        }
+    }
+
+    /// Queue the notifications of executed runs; returns how many rows.
+    fn finish(&self, tx: &rusqlite::Transaction<'_>, results: &[(Signal, Run)], now: i64) -> Result<u64, StoreError> {
+        let mut queued = 0;
+        for (signal, run) in results {
+            if let Run::Executed(o, _) = run {
+                queued += queue_notifications(tx, &self.config.node.name, &self.config.sinks, signal, o, now)?;
+            }
+        }
+        Ok(queued)
+    }
+
+    fn after_commit(&self, results: &[(Signal, Run)], queued: u64) {
+        let executed = results.iter().filter(|(_, r)| matches!(r, Run::Executed(..))).count() as u64;
+        add(&self.metrics.signals_received, results.len() as u64);
         add(&self.metrics.signals_executed, executed);
-        add(
-            &self.metrics.signals_suppressed,
-            accepted.len() as u64 - executed,
-        );
+        add(&self.metrics.signals_suppressed, results.len() as u64 - executed);
         add(&self.metrics.notifications_queued, queued);
-        Ok(accepted)
+        if let Some(seq) = results
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Run::Executed(_, seq) => Some(*seq),
+                _ => None,
+            })
+            .max()
+        {
+            self.exec_seq.send_replace(seq);
+        }
+        if queued > 0 {
+            self.wake_delivery();
+        }
+    }
+
+    /// Run the signals this node stored while standby (status `pending`),
+    /// oldest first, flagged `replayed` with their original time. Keys the
+    /// peer executed (tombstones) or this node already ran are marked
+    /// `covered`; with a `window`, pending signals received longer ago are
+    /// marked `stale` instead of run. Stops if the gate closes.
+    pub async fn replay_pending(self: &Arc<Self>, window: Option<Duration>) -> Result<ReplaySummary, NodeError> {
+        let node = self.clone();
+        let summary = tokio::task::spawn_blocking(move || node.replay_blocking(window))
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))??;
+        if summary.executed + summary.covered + summary.stale > 0 {
+            tracing::info!(executed = summary.executed, covered = summary.covered, stale = summary.stale, "replayed pending signals");
+        }
+        self.wake_delivery();
+        Ok(summary)
+    }
+
+    fn replay_blocking(&self, window: Option<Duration>) -> Result<ReplaySummary, StoreError> {
+        let mut summary = ReplaySummary::default();
+        let name = self.config.node.name.clone();
+        loop {
+            let more = self.store.write_blocking(|conn| {
+                let ids = exec::pending(conn, &name, 500)?;
+                if ids.is_empty() {
+                    return Ok(false);
+                }
+                let now = now_ms();
+                let tx = conn.transaction()?;
+                let mut results = Vec::new();
+                let mut gate_closed = false;
+                {
+                    let mut rules = self.lock_rules();
+                    for id in ids {
+                        let Some((mut signal, received_at)) = events::load(&tx, id)? else { continue };
+                        signal.replayed = true;
+                        let status = if exec::already_run(&tx, &signal.key)? {
+                            Run::Covered
+                        } else if window.is_some_and(|w| now - received_at > w.as_millis() as i64) {
+                            events::set_status(&tx, id, "stale", None, false)?;
+                            summary.stale += 1;
+                            continue;
+                        } else {
+                            self.run_one(&tx, &mut rules, &signal, false, now)?
+                        };
+                        if matches!(status, Run::Stored) {
+                            gate_closed = true;
+                            break;
+                        }
+                        let outcome = match &status {
+                            Run::Executed(o, _) => Some(outcome_json(o).to_string()),
+                            _ => None,
+                        };
+                        events::set_status(&tx, id, self.status_of(&status), outcome.as_deref(), true)?;
+                        match status {
+                            Run::Covered => summary.covered += 1,
+                            _ => {
+                                summary.executed += 1;
+                                results.push((signal, status));
+                            }
+                        }
+                    }
+                }
+                let queued = self.finish(&tx, &results, now)?;
+                tx.commit()?;
+                self.after_commit(&results, queued);
+                Ok(!gate_closed)
+            })?;
+            if !more {
+                return Ok(summary);
+            }
+        }
+    }
+
+    /// The last execution number, and a watch that moves with it.
+    pub fn executions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.exec_seq.subscribe()
     }
 
     /// Reload the rule set from the store (see the module docs).

@@ -131,3 +131,33 @@ pub fn list(
 pub fn prune(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
     Ok(conn.execute("DELETE FROM event_log WHERE received_at < ?1", [before_ms])?)
 }
+
+/// A stored signal and when it was received.
+pub fn load(conn: &Connection, id: i64) -> Result<Option<(tandem_guest::Signal, i64)>, StoreError> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached("SELECT id, key, name, source, time, fields, replayed, received_at FROM event_log WHERE id = ?1")?
+        .query_row([id], |r| {
+            let fields: String = r.get(5)?;
+            Ok((
+                tandem_guest::Signal {
+                    id: r.get::<_, i64>(0)? as u64,
+                    key: r.get(1)?,
+                    name: r.get(2)?,
+                    source: r.get(3)?,
+                    time: r.get(4)?,
+                    fields: serde_json::from_str(&fields).unwrap_or_default(),
+                    replayed: r.get(6)?,
+                },
+                r.get(7)?,
+            ))
+        })
+        .optional()
+        .map_err(Into::into)
+}
+
+/// Change a stored signal's status (and outcome, and replayed flag).
+pub fn set_status(conn: &Connection, id: i64, status: &str, outcome: Option<&str>, replayed: bool) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE event_log SET status = ?2, outcome = coalesce(?3, outcome), replayed = ?4 WHERE id = ?1")?
+        .execute(params![id, status, outcome, replayed])?;
+    Ok(())
+}

@@ -10,6 +10,7 @@
 //! may lose the last transactions.
 
 pub mod events;
+pub mod exec;
 pub mod failover;
 pub mod outbox;
 pub mod rules;
