@@ -19,6 +19,19 @@ impl Answer {
     }
 }
 
+/// Like [`request`], but `None` when nothing listens there.
+pub fn try_request(
+    method: &str,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Option<Answer> {
+    let addr = base.strip_prefix("http://").unwrap_or(base);
+    TcpStream::connect(addr).ok()?;
+    Some(request(method, base, path, token, body))
+}
+
 /// Send one request to `base` (`http://host:port`) and read the answer.
 pub fn request(method: &str, base: &str, path: &str, token: Option<&str>, body: &[u8]) -> Answer {
     let addr = base.strip_prefix("http://").unwrap_or(base);

@@ -125,5 +125,6 @@ pub fn assemble(wat_file: &Path, dir: &Path) -> PathBuf {
 
 pub mod http;
 pub mod node;
+pub mod pair;
 pub mod proxy;
 pub mod webhook;

@@ -99,6 +99,8 @@ pub struct Hello {
     pub clock_ms: i64,
     /// Its admin URL, if known.
     pub admin: Option<String>,
+    /// The last execution number of the *other* node it has recorded.
+    pub absorbed_seq: u64,
 }
 
 /// What travels in a sealed frame.
@@ -106,6 +108,10 @@ pub struct Hello {
 pub enum Body {
     Hello(Box<Hello>),
     Machine(Message),
+    /// Keys the sender executed, with their execution numbers.
+    Keys(Vec<(u64, String)>),
+    /// The sender stored the peer's keys up to this number.
+    KeysAck(u64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -471,6 +477,7 @@ mod tests {
             ready: true,
             clock_ms: 0,
             admin: None,
+            absorbed_seq: 0,
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Settings {
     pub failback: Failback,
     pub failback_after: u32,
     pub primary_grace: u64,
+    /// How old a pending signal may be and still be replayed at a takeover.
+    pub replay_window: u64,
 }
 
 /// What a node tells its peer about itself (hello and heartbeats).
@@ -170,6 +172,12 @@ pub enum Effect {
     FailoverEnded,
     /// The answer to an operator command.
     Reply(Result<&'static str, &'static str>),
+    /// Run the signals stored while standby that the peer did not execute.
+    /// `window` (ms): at a takeover, only those younger than it; `None` at a
+    /// hand-over, where the peer's executed keys are all known.
+    Replay {
+        window: Option<u64>,
+    },
 }
 
 /// The machine's state.
@@ -200,6 +208,10 @@ pub struct Machine {
     pub failback_requested: bool,
     /// The secondary's failover period is open.
     pub failover_open: bool,
+    /// We handed over and the peer has not said it is active yet: a status
+    /// of it that was in flight before the hand-over must not make us
+    /// activate again.
+    pub awaiting_peer: bool,
 }
 
 impl Machine {
@@ -228,6 +240,7 @@ impl Machine {
             good_heartbeats: 0,
             pinned_manual: false,
             failback_requested: false,
+            awaiting_peer: false,
         }
     }
 
@@ -282,6 +295,7 @@ impl Machine {
             }
             Input::LinkDown => {
                 self.link_up = false;
+                self.awaiting_peer = false;
                 self.peer = None;
                 self.good_heartbeats = 0;
             }
@@ -312,6 +326,9 @@ impl Machine {
 
     /// Record a peer status: epoch adoption, fencing, step-down.
     fn hear(&mut self, peer: PeerStatus, fx: &mut Vec<Effect>) {
+        if peer.fs == Fs::Active {
+            self.awaiting_peer = false;
+        }
         self.peer = Some(peer);
         self.heard_peer_since_start = true;
         self.last_heard = Some(self.now);
@@ -385,6 +402,7 @@ impl Machine {
         }
         self.good_heartbeats = 0;
         self.failback_requested = false;
+        self.awaiting_peer = true;
         // The peer becomes active: don't act on its stale standby status.
         self.peer = self.peer.map(|p| PeerStatus {
             fs: Fs::Active,
@@ -421,6 +439,7 @@ impl Machine {
                 down_since: self.now,
             });
         }
+        fx.push(Effect::Replay { window: None });
         self.peer = self.peer.map(|p| PeerStatus {
             fs: Fs::Standby,
             ..p
@@ -445,6 +464,9 @@ impl Machine {
                 self.fenced = false;
                 self.gate_open = true;
                 fx.push(Effect::OpenGate);
+                fx.push(Effect::Replay {
+                    window: Some(s.replay_window),
+                });
             }
             return;
         }
@@ -472,6 +494,9 @@ impl Machine {
                     reason,
                     epoch: self.epoch,
                     down_since: baseline,
+                });
+                fx.push(Effect::Replay {
+                    window: Some(s.replay_window),
                 });
                 self.good_heartbeats = 0;
             }
@@ -507,7 +532,8 @@ impl Machine {
             }
             return;
         }
-        let peer_standby = self.link_up && self.peer.is_some_and(|p| p.fs == Fs::Standby);
+        let peer_standby =
+            self.link_up && !self.awaiting_peer && self.peer.is_some_and(|p| p.fs == Fs::Standby);
         let alone_too_long = !self.link_up
             && self.now.saturating_sub(self.last_heard.unwrap_or(0)) >= self.settings.primary_grace;
         if peer_standby || alone_too_long {
@@ -519,6 +545,12 @@ impl Machine {
             });
             self.gate_open = true;
             fx.push(Effect::OpenGate);
+            // Alone, the primary cannot know what the secondary ran last:
+            // as at a takeover, only recent signals. With a standby peer
+            // linked, its executed keys arrived before this point.
+            fx.push(Effect::Replay {
+                window: alone_too_long.then_some(self.settings.replay_window),
+            });
             if self.link_up {
                 fx.push(Effect::Send(Message::Status(self.status())));
             }

@@ -23,7 +23,7 @@ use super::machine::{
 use crate::config::FailoverConfig;
 use crate::node::{Node, SignalInput};
 use crate::shutdown::Listener;
-use crate::store::{failover as log, now_ms};
+use crate::store::{exec, failover as log, now_ms};
 
 /// The peer as last heard.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -55,9 +55,18 @@ pub struct View {
     pub last_heartbeat: Option<i64>,
     pub failback: &'static str,
     pub failover_open: bool,
+    /// The peer's last execution number this node has stored.
+    pub absorbed_seq: u64,
+    /// The last execution number of this node the peer acknowledged.
+    pub peer_absorbed_seq: u64,
 }
 
 type Reply = oneshot::Sender<Result<&'static str, &'static str>>;
+
+/// How long executed keys gather before they go to the standby.
+const STREAM_BATCH: std::time::Duration = std::time::Duration::from_millis(20);
+/// Keys per `Keys` frame (well under the frame cap).
+const KEYS_PER_FRAME: u32 = 2000;
 
 /// The handle the admin API and the server hold.
 #[derive(Debug, Clone)]
@@ -93,12 +102,20 @@ enum LinkEvent {
     Up {
         id: u64,
         peer: Box<Hello>,
-        tx: mpsc::Sender<(u64, Message)>,
+        tx: mpsc::Sender<(u64, Body)>,
         abort: AbortHandle,
     },
     Msg {
         id: u64,
         msg: Message,
+    },
+    Keys {
+        id: u64,
+        keys: Vec<(u64, String)>,
+    },
+    KeysAck {
+        id: u64,
+        upto: u64,
     },
     Down {
         id: u64,
@@ -108,7 +125,7 @@ enum LinkEvent {
 
 struct Conn {
     id: u64,
-    tx: mpsc::Sender<(u64, Message)>,
+    tx: mpsc::Sender<(u64, Body)>,
     abort: AbortHandle,
 }
 
@@ -125,6 +142,12 @@ struct Driver {
     peer_hello: Option<Hello>,
     last_heartbeat: Option<i64>,
     reply: Option<Reply>,
+    /// The peer's last execution number stored here.
+    absorbed: u64,
+    /// Our last execution number the peer acknowledged.
+    peer_absorbed: u64,
+    /// Our last execution number sent on the current link.
+    streamed: u64,
 }
 
 fn settings(cfg: &FailoverConfig) -> Settings {
@@ -138,6 +161,7 @@ fn settings(cfg: &FailoverConfig) -> Settings {
         failback: cfg.failback,
         failback_after: cfg.failback_after,
         primary_grace: ms(cfg.primary_grace),
+        replay_window: ms(cfg.replay_window),
     }
 }
 
@@ -151,6 +175,7 @@ pub async fn start(
     stop: Listener,
 ) -> Result<(Handle, tokio::task::JoinHandle<()>), crate::store::StoreError> {
     let stored = node.store().read(log::load_state).await?;
+    let absorbed = node.store().read(exec::absorbed).await?;
     let (fs, epoch) = stored.map_or((Fs::Standby, 0), |(fs, e)| (Fs::from_number(fs), e));
     let machine = Machine::start(settings(&cfg), fs, epoch);
     if machine.fenced {
@@ -173,7 +198,12 @@ pub async fn start(
         peer_hello: None,
         last_heartbeat: None,
         reply: None,
+        absorbed: 0,
+        peer_absorbed: 0,
+        streamed: 0,
     };
+    let mut driver = driver;
+    driver.absorbed = absorbed;
     let view_rx = driver.view_tx.subscribe();
     driver.publish();
     if let Some(l) = listener {
@@ -213,6 +243,8 @@ fn placeholder_view() -> View {
         last_heartbeat: None,
         failback: "auto",
         failover_open: false,
+        absorbed_seq: 0,
+        peer_absorbed_seq: 0,
     }
 }
 
@@ -233,6 +265,7 @@ fn hello(node: &Node, cfg: &FailoverConfig, v: &View, started: Instant) -> Hello
         ready: v.ready,
         clock_ms: now_ms(),
         admin: node.admin_url().map(str::to_owned),
+        absorbed_seq: v.absorbed_seq,
     }
 }
 
@@ -252,10 +285,10 @@ async fn run_session(id: u64, session: Session, events: mpsc::Sender<LinkEvent>)
         mut sender,
         mut receiver,
     } = session;
-    let (tx, mut rx) = mpsc::channel::<(u64, Message)>(256);
+    let (tx, mut rx) = mpsc::channel::<(u64, Body)>(1024);
     let writer = tokio::spawn(async move {
-        while let Some((epoch, m)) = rx.recv().await {
-            if sender.send(epoch, Body::Machine(m)).await.is_err() {
+        while let Some((epoch, body)) = rx.recv().await {
+            if sender.send(epoch, body).await.is_err() {
                 break;
             }
         }
@@ -264,12 +297,10 @@ async fn run_session(id: u64, session: Session, events: mpsc::Sender<LinkEvent>)
         let events = events.clone();
         async move {
             loop {
-                match receiver.recv().await {
-                    Ok(Body::Machine(msg)) => {
-                        if events.send(LinkEvent::Msg { id, msg }).await.is_err() {
-                            return;
-                        }
-                    }
+                let ev = match receiver.recv().await {
+                    Ok(Body::Machine(msg)) => LinkEvent::Msg { id, msg },
+                    Ok(Body::Keys(keys)) => LinkEvent::Keys { id, keys },
+                    Ok(Body::KeysAck(upto)) => LinkEvent::KeysAck { id, upto },
                     Ok(Body::Hello(_)) => {
                         let error = LinkError::Garbage("a second hello in one session".into());
                         let _ = events.send(LinkEvent::Down { id, error }).await;
@@ -279,6 +310,9 @@ async fn run_session(id: u64, session: Session, events: mpsc::Sender<LinkEvent>)
                         let _ = events.send(LinkEvent::Down { id, error }).await;
                         return;
                     }
+                };
+                if events.send(ev).await.is_err() {
+                    return;
                 }
             }
         }
@@ -380,6 +414,8 @@ impl Driver {
                 "auto"
             },
             failover_open: m.failover_open,
+            absorbed_seq: self.absorbed,
+            peer_absorbed_seq: self.peer_absorbed,
         };
         self.view_tx.send_replace(view);
     }
@@ -397,10 +433,21 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = stop.wait();
         tokio::pin!(stop);
+        let mut executions = self.node.executions();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                _ = tick.tick() => self.step(Input::Tick).await,
+                _ = tick.tick() => {
+                    self.step(Input::Tick).await;
+                    self.stream().await;
+                }
+                changed = executions.changed() => {
+                    if changed.is_ok() {
+                        // Batch what executes in the next few ms together.
+                        tokio::time::sleep(STREAM_BATCH).await;
+                        self.stream().await;
+                    }
+                }
                 Some(ev) = events.recv() => self.on_link(ev).await,
                 Some((cmd, reply)) = commands.recv() => {
                     self.reply = Some(reply);
@@ -441,6 +488,8 @@ impl Driver {
                 }
                 tracing::info!(peer = %peer.node, fs = peer.fs.number(), epoch = peer.epoch, "link up");
                 let status = status_of(&peer);
+                self.peer_absorbed = peer.absorbed_seq;
+                self.streamed = peer.absorbed_seq;
                 self.peer_hello = Some(*peer);
                 self.last_heartbeat = Some(now_ms());
                 self.conn = Some(Conn { id, tx, abort });
@@ -459,6 +508,30 @@ impl Driver {
                     Message::HandOverRequest => Input::HandOverRequest,
                 };
                 self.step(input).await;
+            }
+            LinkEvent::Keys { id, keys } => {
+                if self.conn.as_ref().is_none_or(|c| c.id != id) || keys.is_empty() {
+                    return;
+                }
+                match self
+                    .node
+                    .store()
+                    .write(move |c| exec::absorb(c, &keys))
+                    .await
+                {
+                    Ok(upto) => {
+                        self.absorbed = upto;
+                        self.send_body(Body::KeysAck(upto));
+                        self.publish();
+                    }
+                    Err(e) => tracing::error!("cannot store the peer's executed keys: {e}"),
+                }
+            }
+            LinkEvent::KeysAck { id, upto } => {
+                if self.conn.as_ref().is_some_and(|c| c.id == id) {
+                    self.peer_absorbed = self.peer_absorbed.max(upto);
+                    self.publish();
+                }
             }
             LinkEvent::Down { id, error } => {
                 if self.conn.as_ref().is_some_and(|c| c.id == id) {
@@ -543,10 +616,19 @@ impl Driver {
                 self.raise("FAILOVER-OFF", epoch, &fields).await;
             }
             Effect::Send(m) => {
-                if let Some(c) = &self.conn
-                    && c.tx.try_send((self.machine.epoch, m)).is_err()
-                {
-                    tracing::warn!("link send queue full or closed");
+                if matches!(m, Message::HandOver { .. }) {
+                    // The hand-over carries every key we executed that the
+                    // peer has not stored: they go first on the same FIFO
+                    // link, and the peer stores them before it activates.
+                    self.streamed = self.peer_absorbed;
+                    self.stream().await;
+                }
+                self.send_body(Body::Machine(m));
+            }
+            Effect::Replay { window } => {
+                let window = window.map(std::time::Duration::from_millis);
+                if let Err(e) = self.node.replay_pending(window).await {
+                    tracing::error!("replay of pending signals failed: {e}");
                 }
             }
             Effect::Connect => self.connect(),
@@ -581,6 +663,45 @@ impl Driver {
             }
         }
         true
+    }
+
+    fn send_body(&self, body: Body) {
+        if let Some(c) = &self.conn
+            && c.tx.try_send((self.machine.epoch, body)).is_err()
+        {
+            tracing::warn!("link send queue full or closed");
+        }
+    }
+
+    /// Send the keys executed here since the last ones sent on this link.
+    async fn stream(&mut self) {
+        if self.conn.is_none() {
+            return;
+        }
+        loop {
+            let from = self.streamed;
+            let keys = match self
+                .node
+                .store()
+                .read(move |c| exec::after(c, from, KEYS_PER_FRAME))
+                .await
+            {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!("reading executed keys: {e}");
+                    return;
+                }
+            };
+            let Some(&(last, _)) = keys.last() else {
+                return;
+            };
+            self.streamed = last;
+            let full = keys.len() as u32 == KEYS_PER_FRAME;
+            self.send_body(Body::Keys(keys));
+            if !full {
+                return;
+            }
+        }
     }
 
     fn failback_mode(&self) -> &'static str {

@@ -387,7 +387,8 @@ impl Node {
             {
                 let mut rules = self.lock_rules();
                 for signal in signals {
-                    let duplicate = !seen.insert(signal.key.clone()) || exec::already_run(&tx, &signal.key)?;
+                    let duplicate =
+                        !seen.insert(signal.key.clone()) || exec::already_run(&tx, &signal.key)?;
                     let run = self.run_one(&tx, &mut rules, &signal, duplicate, now)?;
                     rows.push(self.event_row(&signal, &run, now));
                     results.push((signal, run));
@@ -465,21 +466,39 @@ impl Node {
     }
 
     /// Queue the notifications of executed runs; returns how many rows.
-    fn finish(&self, tx: &rusqlite::Transaction<'_>, results: &[(Signal, Run)], now: i64) -> Result<u64, StoreError> {
+    fn finish(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        results: &[(Signal, Run)],
+        now: i64,
+    ) -> Result<u64, StoreError> {
         let mut queued = 0;
         for (signal, run) in results {
             if let Run::Executed(o, _) = run {
-                queued += queue_notifications(tx, &self.config.node.name, &self.config.sinks, signal, o, now)?;
+                queued += queue_notifications(
+                    tx,
+                    &self.config.node.name,
+                    &self.config.sinks,
+                    signal,
+                    o,
+                    now,
+                )?;
             }
         }
         Ok(queued)
     }
 
     fn after_commit(&self, results: &[(Signal, Run)], queued: u64) {
-        let executed = results.iter().filter(|(_, r)| matches!(r, Run::Executed(..))).count() as u64;
+        let executed = results
+            .iter()
+            .filter(|(_, r)| matches!(r, Run::Executed(..)))
+            .count() as u64;
         add(&self.metrics.signals_received, results.len() as u64);
         add(&self.metrics.signals_executed, executed);
-        add(&self.metrics.signals_suppressed, results.len() as u64 - executed);
+        add(
+            &self.metrics.signals_suppressed,
+            results.len() as u64 - executed,
+        );
         add(&self.metrics.notifications_queued, queued);
         if let Some(seq) = results
             .iter()
@@ -501,13 +520,21 @@ impl Node {
     /// peer executed (tombstones) or this node already ran are marked
     /// `covered`; with a `window`, pending signals received longer ago are
     /// marked `stale` instead of run. Stops if the gate closes.
-    pub async fn replay_pending(self: &Arc<Self>, window: Option<Duration>) -> Result<ReplaySummary, NodeError> {
+    pub async fn replay_pending(
+        self: &Arc<Self>,
+        window: Option<Duration>,
+    ) -> Result<ReplaySummary, NodeError> {
         let node = self.clone();
         let summary = tokio::task::spawn_blocking(move || node.replay_blocking(window))
             .await
             .map_err(|e| NodeError::Task(e.to_string()))??;
         if summary.executed + summary.covered + summary.stale > 0 {
-            tracing::info!(executed = summary.executed, covered = summary.covered, stale = summary.stale, "replayed pending signals");
+            tracing::info!(
+                executed = summary.executed,
+                covered = summary.covered,
+                stale = summary.stale,
+                "replayed pending signals"
+            );
         }
         self.wake_delivery();
         Ok(summary)
@@ -529,7 +556,9 @@ impl Node {
                 {
                     let mut rules = self.lock_rules();
                     for id in ids {
-                        let Some((mut signal, received_at)) = events::load(&tx, id)? else { continue };
+                        let Some((mut signal, received_at)) = events::load(&tx, id)? else {
+                            continue;
+                        };
                         signal.replayed = true;
                         let status = if exec::already_run(&tx, &signal.key)? {
                             Run::Covered
@@ -548,7 +577,13 @@ impl Node {
                             Run::Executed(o, _) => Some(outcome_json(o).to_string()),
                             _ => None,
                         };
-                        events::set_status(&tx, id, self.status_of(&status), outcome.as_deref(), true)?;
+                        events::set_status(
+                            &tx,
+                            id,
+                            self.status_of(&status),
+                            outcome.as_deref(),
+                            true,
+                        )?;
                         match status {
                             Run::Covered => summary.covered += 1,
                             _ => {

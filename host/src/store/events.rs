@@ -156,7 +156,13 @@ pub fn load(conn: &Connection, id: i64) -> Result<Option<(tandem_guest::Signal, 
 }
 
 /// Change a stored signal's status (and outcome, and replayed flag).
-pub fn set_status(conn: &Connection, id: i64, status: &str, outcome: Option<&str>, replayed: bool) -> Result<(), StoreError> {
+pub fn set_status(
+    conn: &Connection,
+    id: i64,
+    status: &str,
+    outcome: Option<&str>,
+    replayed: bool,
+) -> Result<(), StoreError> {
     conn.prepare_cached("UPDATE event_log SET status = ?2, outcome = coalesce(?3, outcome), replayed = ?4 WHERE id = ?1")?
         .execute(params![id, status, outcome, replayed])?;
     Ok(())

@@ -41,15 +41,22 @@ pub fn last_seq(conn: &Connection) -> Result<u64, StoreError> {
 
 /// Executions after `seq`, oldest first, at most `limit`.
 pub fn after(conn: &Connection, seq: u64, limit: u32) -> Result<Vec<(u64, String)>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT seq, key FROM executed_key WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-    let rows = stmt.query_map(params![seq as i64, limit], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, key FROM executed_key WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = stmt.query_map(params![seq as i64, limit], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The last execution number of the peer this node has recorded.
 pub fn absorbed(conn: &Connection) -> Result<u64, StoreError> {
     let v: Option<String> = conn
-        .query_row("SELECT value FROM settings WHERE key = ?1", [ABSORBED_KEY], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM settings WHERE key = ?1",
+            [ABSORBED_KEY],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
@@ -95,6 +102,8 @@ pub fn pending(conn: &Connection, node: &str, limit: u32) -> Result<Vec<i64>, St
 
 /// Delete executed keys and tombstones older than `before_ms`.
 pub fn prune(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
-    Ok(conn.execute("DELETE FROM executed_key WHERE at < ?1", [before_ms])?
-        + conn.execute("DELETE FROM tombstone WHERE at < ?1", [before_ms])?)
+    Ok(
+        conn.execute("DELETE FROM executed_key WHERE at < ?1", [before_ms])?
+            + conn.execute("DELETE FROM tombstone WHERE at < ?1", [before_ms])?,
+    )
 }

@@ -17,6 +17,7 @@ fn settings(role: PairRole) -> Settings {
         failback: Failback::Auto,
         failback_after: 3,
         primary_grace: 1000,
+        replay_window: 1400,
     }
 }
 
@@ -272,6 +273,7 @@ fn takeover_effects_are_ordered_persist_open_raise() {
                 epoch: 5,
                 down_since: 0
             },
+            Effect::Replay { window: Some(1400) },
         ]
     );
 }
@@ -323,7 +325,8 @@ fn handback_effects_close_and_persist_before_the_ack() {
                 fs: Fs::Active,
                 epoch: 3
             },
-            Effect::OpenGate
+            Effect::OpenGate,
+            Effect::Replay { window: None },
         ]
     );
 }
@@ -484,6 +487,36 @@ fn a_healed_partition_leaves_one_active_and_raises_off_once() {
     pair.ticks(30);
     assert_eq!(pair.fs(), (Some(1), Some(2)));
     assert_eq!(pair.raised, ["ON", "OFF"]);
+}
+
+#[test]
+fn a_status_in_flight_before_a_switchover_does_not_reactivate_the_giver() {
+    let mut p = Machine::start(settings(PairRole::Primary), Fs::Standby, 0);
+    let standby = PeerStatus {
+        fs: Fs::Standby,
+        epoch: 0,
+        ready: true,
+        fenced: false,
+    };
+    p.step(100, Input::LinkUp(standby));
+    assert!(p.active());
+    let fx = p.step(200, Input::Command(Command::Switchover));
+    assert!(fx.contains(&Effect::Send(Message::HandOver { epoch: 0 })));
+    // The secondary's heartbeat sent before it got the hand-over arrives.
+    let fx = p.step(250, Input::Heartbeat(standby));
+    assert!(!p.active(), "{fx:?}");
+    assert!(!fx.contains(&Effect::OpenGate));
+    // Once the secondary says it is active, everything is normal again.
+    p.step(
+        300,
+        Input::Heartbeat(PeerStatus {
+            fs: Fs::Active,
+            epoch: 1,
+            ready: true,
+            fenced: false,
+        }),
+    );
+    assert!(!p.awaiting_peer);
 }
 
 #[test]

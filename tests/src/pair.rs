@@ -1,0 +1,163 @@
+//! A primary and a secondary as real `tandem serve` processes on loopback
+//! with lab timings (check 100 ms, timeout 1 s), a webhook, and helpers to
+//! drive and observe them.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::http::get;
+use crate::node::{NodeProc, write_config};
+use crate::sample_wasm;
+use crate::webhook::{Received, Webhook};
+
+/// Pair tests share the machine's two cores: one at a time in a binary.
+pub static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub const TIMEOUT_MS: u64 = 1000;
+pub const CHECK_MS: u64 = 100;
+/// Generous: these must hold on a loaded 2-core machine.
+pub const MARGIN: Duration = Duration::from_secs(4);
+pub const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub struct Opts {
+    pub failback: &'static str,
+    pub startup_delay: &'static str,
+    pub secret_p: &'static str,
+    /// Extra `NAME.toml` rules: (file stem, sample crate, toml text).
+    pub rules: Vec<(&'static str, &'static str, &'static str)>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            failback: "auto",
+            startup_delay: "300ms",
+            secret_p: "pair-secret",
+            rules: Vec::new(),
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+pub fn failover_section(role: &str, o: &Opts, secret: &str, link: &str) -> String {
+    let (key, rank) = if role == "primary" {
+        ("peer", 1)
+    } else {
+        ("listen", 2)
+    };
+    format!(
+        "[failover]\nrole = \"{role}\"\nrank = {rank}\nprimary = \"dev4120\"\nsecondary = \"wat4120\"\n{key} = \"{link}\"\n\
+         secret = \"{secret}\"\nstartup_delay = \"{}\"\ntimeout = \"{TIMEOUT_MS}ms\"\ncheck_interval = \"{CHECK_MS}ms\"\n\
+         failback = \"{}\"\n[failover.advanced]\nlab_timings = true\n",
+        o.startup_delay, o.failback
+    )
+}
+
+/// The two nodes and the webhook they notify.
+#[derive(Debug)]
+pub struct Pair {
+    pub p: NodeProc,
+    pub s: NodeProc,
+    pub hook: Webhook,
+    _dir: tempfile::TempDir,
+}
+
+/// Start the secondary (its link on `link_port`), then the primary dialing
+/// `dial` (the link port, or a proxy in front of it).
+pub fn start_pair(o: Opts, proxy: Option<&dyn Fn(String) -> String>) -> Pair {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = Webhook::start();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("mkdir");
+    std::fs::copy(
+        sample_wasm("failover_notify"),
+        rules.join("failover-notify.wasm"),
+    )
+    .expect("copy");
+    for (stem, krate, toml) in &o.rules {
+        std::fs::copy(sample_wasm(krate), rules.join(format!("{stem}.wasm"))).expect("copy");
+        std::fs::write(rules.join(format!("{stem}.toml")), toml).expect("toml");
+    }
+    let common = format!(
+        "[rules]\ndir = \"{}\"\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\n",
+        rules.display(),
+        hook.url()
+    );
+    let link = format!("127.0.0.1:{}", free_port());
+    let s_dir = dir.path().join("s");
+    let p_dir = dir.path().join("p");
+    std::fs::create_dir_all(&s_dir).expect("mkdir");
+    std::fs::create_dir_all(&p_dir).expect("mkdir");
+    let s_cfg = write_config(
+        &s_dir,
+        "wat4120",
+        &(common.clone() + &failover_section("secondary", &o, "pair-secret", &link)),
+    );
+    let s = NodeProc::start(&s_dir, &s_cfg);
+    let dial = proxy.map_or(link.clone(), |f| f(link.clone()));
+    let mut p_extra = common + &failover_section("primary", &o, o.secret_p, &dial);
+    p_extra = p_extra.replace(
+        "[failover.advanced]",
+        &format!("peer_admin = \"{}\"\n[failover.advanced]", s.admin()),
+    );
+    let p_cfg = write_config(&p_dir, "dev4120", &p_extra);
+    let p = NodeProc::start(&p_dir, &p_cfg);
+    Pair {
+        p,
+        s,
+        hook,
+        _dir: dir,
+    }
+}
+
+pub fn status(node: &NodeProc) -> (u16, serde_json::Value) {
+    let a = get(node.admin(), "/status", None);
+    (a.status, a.json())
+}
+
+pub fn wait_until(what: &str, limit: Duration, mut pred: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !pred() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+/// P active, S standby, and S has heard that P is Ready (a takeover needs
+/// the primary's last status to say Ready).
+pub fn wait_normal(pair: &Pair) {
+    wait_until("P active, S standby, P Ready as S sees it", WAIT, || {
+        status(&pair.p).0 == 200
+            && status(&pair.s).0 == 503
+            && get(pair.s.admin(), "/api/v1/status", Some("admin")).json()["peer"]["status"]["ready"]
+                == true
+    });
+}
+
+pub fn subjects(got: &[Received], needle: &str) -> usize {
+    got.iter()
+        .filter(|r| {
+            r.answered < 300
+                && r.body["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(needle))
+        })
+        .count()
+}
+
+pub fn failovers(node: &NodeProc) -> Vec<serde_json::Value> {
+    get(node.admin(), "/api/v1/failovers", Some("admin"))
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
