@@ -107,6 +107,8 @@ struct RawFailover {
 #[serde(deny_unknown_fields, default)]
 struct RawAdvanced {
     lab_timings: bool,
+    copyback_batch: Option<u32>,
+    copyback_delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +164,11 @@ pub struct FailoverConfig {
     pub table_sync_types: Vec<String>,
     pub sync_on_change: bool,
     pub lab_timings: bool,
+    /// Rows per copy-back frame (`[failover.advanced] copyback_batch`).
+    pub copyback_batch: u32,
+    /// Lab only: a pause between copy-back frames, so a test can kill a
+    /// node in the middle (`[failover.advanced] copyback_delay`).
+    pub copyback_delay: Duration,
 }
 
 impl FailoverConfig {
@@ -730,6 +737,34 @@ fn validate_failover(
         table_sync_types,
         sync_on_change: raw.sync_on_change.unwrap_or(false),
         lab_timings: lab,
+        copyback_batch: match raw.advanced.copyback_batch {
+            None => 200,
+            Some(n @ 1..=5000) => n,
+            Some(n) => {
+                return Err(invalid(
+                    "failover.advanced.copyback_batch",
+                    n,
+                    "from 1 to 5000 rows",
+                ));
+            }
+        },
+        copyback_delay: match raw.advanced.copyback_delay.as_deref() {
+            None => Duration::ZERO,
+            Some(_) if !lab => {
+                return Err(invalid(
+                    "failover.advanced.copyback_delay",
+                    "(set)",
+                    "only with lab_timings = true",
+                ));
+            }
+            Some(d) => duration(
+                "failover.advanced.copyback_delay",
+                Some(d),
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::from_secs(10),
+            )?,
+        },
     })
 }
 

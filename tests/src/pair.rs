@@ -24,6 +24,8 @@ pub struct Opts {
     pub failback: &'static str,
     pub startup_delay: &'static str,
     pub secret_p: &'static str,
+    /// Extra lines for `[failover.advanced]` (both nodes).
+    pub advanced: &'static str,
     /// Extra `NAME.toml` rules: (file stem, sample crate, toml text).
     pub rules: Vec<(&'static str, &'static str, &'static str)>,
 }
@@ -35,6 +37,7 @@ impl Default for Opts {
             startup_delay: "300ms",
             secret_p: "pair-secret",
             rules: Vec::new(),
+            advanced: "",
         }
     }
 }
@@ -53,8 +56,8 @@ pub fn failover_section(role: &str, o: &Opts, secret: &str, link: &str) -> Strin
     format!(
         "[failover]\nrole = \"{role}\"\nrank = {rank}\nprimary = \"dev4120\"\nsecondary = \"wat4120\"\n{key} = \"{link}\"\n\
          secret = \"{secret}\"\nstartup_delay = \"{}\"\ntimeout = \"{TIMEOUT_MS}ms\"\ncheck_interval = \"{CHECK_MS}ms\"\n\
-         failback = \"{}\"\n[failover.advanced]\nlab_timings = true\n",
-        o.startup_delay, o.failback
+         failback = \"{}\"\n[failover.advanced]\nlab_timings = true\n{}\n",
+        o.startup_delay, o.failback, o.advanced
     )
 }
 

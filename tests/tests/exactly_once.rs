@@ -232,3 +232,65 @@ fn keys_sent_to_both_nodes_through_20_kill_9_cycles_are_never_lost() {
         );
     }
 }
+
+#[test]
+fn copy_back_tags_the_secondary_rows_and_resumes_after_a_kill() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = Opts {
+        advanced: "copyback_batch = 4\ncopyback_delay = \"300ms\"",
+        ..opts()
+    };
+    let mut pair = start_pair(o, None);
+    wait_normal(&pair);
+    pair.p.kill9();
+    wait_until("S active", WAIT, || status(&pair.s).0 == 200);
+    for i in 0..24 {
+        assert_eq!(
+            send(&pair.s, &format!("cb{i}")).expect("202")["accepted"][0]["executed"],
+            true
+        );
+    }
+    pair.hook.wait_until(WAIT, |g| by_key(g).len() == 24);
+    pair.p.restart();
+    wait_normal(&pair);
+    let copied = |p: &NodeProc| {
+        let n = get(
+            p.admin(),
+            "/api/v1/notifications?node=wat4120&limit=1000",
+            Some("admin"),
+        )
+        .json();
+        n.as_array().cloned().unwrap_or_default()
+    };
+    // Kill the secondary in the middle of the copy-back.
+    wait_until("a few batches copied", WAIT, || copied(&pair.p).len() >= 8);
+    pair.s.kill9();
+    let partial = copied(&pair.p).len();
+    assert!(partial < 26, "the kill came before the end ({partial})");
+    pair.s.restart();
+    // 24 K notifications + FAILOVER-ON + FAILOVER-OFF.
+    wait_until("every row copied", WAIT, || copied(&pair.p).len() == 26);
+    let rows = copied(&pair.p);
+    let ids: BTreeSet<_> = rows
+        .iter()
+        .map(|n| n["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 26, "no duplicates");
+    assert!(rows.iter().all(|n| n["node"] == "wat4120"));
+    assert!(
+        rows.iter().all(|n| n["status"] != "pending"),
+        "never queued on the primary"
+    );
+    let events = get(pair.p.admin(), "/api/v1/events?limit=1000", Some("admin")).json();
+    let from_s = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["node"] == "wat4120")
+        .count();
+    assert_eq!(from_s, 26, "the secondary's executed events, tagged");
+    // The primary delivered none of them itself.
+    std::thread::sleep(Duration::from_millis(500));
+    let got = by_key(&pair.hook.received());
+    assert!(got.values().all(|(_, n)| *n == 1), "{got:?}");
+}

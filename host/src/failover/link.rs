@@ -112,6 +112,14 @@ pub enum Body {
     Keys(Vec<(u64, String)>),
     /// The sender stored the peer's keys up to this number.
     KeysAck(u64),
+    /// Copy-back rows, up to this event id of the sender.
+    CopyBack {
+        upto: i64,
+        events: Vec<crate::store::copyback::CopiedEvent>,
+        notifications: Vec<crate::store::copyback::CopiedNotification>,
+    },
+    /// The sender stored copy-back rows up to this event id of the peer.
+    CopyBackAck(i64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -23,7 +23,7 @@ use super::machine::{
 use crate::config::FailoverConfig;
 use crate::node::{Node, SignalInput};
 use crate::shutdown::Listener;
-use crate::store::{exec, failover as log, now_ms};
+use crate::store::{copyback, exec, failover as log, now_ms};
 
 /// The peer as last heard.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -117,6 +117,16 @@ enum LinkEvent {
         id: u64,
         upto: u64,
     },
+    CopyBack {
+        id: u64,
+        upto: i64,
+        events: Vec<copyback::CopiedEvent>,
+        notifications: Vec<copyback::CopiedNotification>,
+    },
+    CopyBackAck {
+        id: u64,
+        upto: i64,
+    },
     Down {
         id: u64,
         error: LinkError,
@@ -148,6 +158,10 @@ struct Driver {
     peer_absorbed: u64,
     /// Our last execution number sent on the current link.
     streamed: u64,
+    /// A copy-back batch is on its way (up to this event id).
+    copy_inflight: Option<i64>,
+    /// When the last copy-back batch was acknowledged.
+    copy_acked: Option<Instant>,
 }
 
 fn settings(cfg: &FailoverConfig) -> Settings {
@@ -201,6 +215,8 @@ pub async fn start(
         absorbed: 0,
         peer_absorbed: 0,
         streamed: 0,
+        copy_inflight: None,
+        copy_acked: None,
     };
     let mut driver = driver;
     driver.absorbed = absorbed;
@@ -301,6 +317,17 @@ async fn run_session(id: u64, session: Session, events: mpsc::Sender<LinkEvent>)
                     Ok(Body::Machine(msg)) => LinkEvent::Msg { id, msg },
                     Ok(Body::Keys(keys)) => LinkEvent::Keys { id, keys },
                     Ok(Body::KeysAck(upto)) => LinkEvent::KeysAck { id, upto },
+                    Ok(Body::CopyBack {
+                        upto,
+                        events,
+                        notifications,
+                    }) => LinkEvent::CopyBack {
+                        id,
+                        upto,
+                        events,
+                        notifications,
+                    },
+                    Ok(Body::CopyBackAck(upto)) => LinkEvent::CopyBackAck { id, upto },
                     Ok(Body::Hello(_)) => {
                         let error = LinkError::Garbage("a second hello in one session".into());
                         let _ = events.send(LinkEvent::Down { id, error }).await;
@@ -440,6 +467,7 @@ impl Driver {
                 _ = tick.tick() => {
                     self.step(Input::Tick).await;
                     self.stream().await;
+                    self.copy_back().await;
                 }
                 changed = executions.changed() => {
                     if changed.is_ok() {
@@ -531,6 +559,40 @@ impl Driver {
                 if self.conn.as_ref().is_some_and(|c| c.id == id) {
                     self.peer_absorbed = self.peer_absorbed.max(upto);
                     self.publish();
+                }
+            }
+            LinkEvent::CopyBack {
+                id,
+                upto,
+                events,
+                notifications,
+            } => {
+                if self.conn.as_ref().is_none_or(|c| c.id != id) {
+                    return;
+                }
+                let peer = self.cfg.peer_name().to_owned();
+                match self.node.import_copy(peer, events, notifications).await {
+                    Ok(()) => self.send_body(Body::CopyBackAck(upto)),
+                    Err(e) => tracing::error!("cannot store copied-back rows: {e}"),
+                }
+            }
+            LinkEvent::CopyBackAck { id, upto } => {
+                if self.conn.as_ref().is_none_or(|c| c.id != id) || self.copy_inflight != Some(upto)
+                {
+                    return;
+                }
+                if let Err(e) = self
+                    .node
+                    .store()
+                    .write(move |c| copyback::set_last_copied(c, upto))
+                    .await
+                {
+                    tracing::error!("copy-back progress: {e}");
+                }
+                self.copy_inflight = None;
+                self.copy_acked = Some(Instant::now());
+                if self.cfg.copyback_delay.is_zero() {
+                    self.copy_back().await;
                 }
             }
             LinkEvent::Down { id, error } => {
@@ -701,6 +763,54 @@ impl Driver {
             if !full {
                 return;
             }
+        }
+    }
+
+    /// The secondary, standby and linked, copies its failover rows to the
+    /// primary one batch at a time, from where the last acknowledged batch
+    /// ended.
+    async fn copy_back(&mut self) {
+        let m = &self.machine;
+        if self.cfg.role != PairRole::Secondary
+            || m.fs != Fs::Standby
+            || !m.link_up
+            || self.conn.is_none()
+        {
+            self.copy_inflight = None;
+            return;
+        }
+        if self.copy_inflight.is_some()
+            || self
+                .copy_acked
+                .is_some_and(|t| t.elapsed() < self.cfg.copyback_delay)
+        {
+            return;
+        }
+        let (name, limit) = (
+            self.node.config().node.name.clone(),
+            self.cfg.copyback_batch,
+        );
+        let batch = self
+            .node
+            .store()
+            .read(move |c| {
+                let after = copyback::last_copied(c)?;
+                copyback::batch(c, &name, after, limit)
+            })
+            .await;
+        match batch {
+            Ok((events, notifications)) => {
+                let Some(upto) = events.last().map(|e| e.id) else {
+                    return;
+                };
+                self.copy_inflight = Some(upto);
+                self.send_body(Body::CopyBack {
+                    upto,
+                    events,
+                    notifications,
+                });
+            }
+            Err(e) => tracing::error!("copy-back: {e}"),
         }
     }
 

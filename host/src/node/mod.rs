@@ -604,6 +604,24 @@ impl Node {
         }
     }
 
+    /// Store rows copied back from the peer `peer` (see
+    /// [`crate::store::copyback`]).
+    pub async fn import_copy(
+        self: &Arc<Self>,
+        peer: String,
+        events: Vec<crate::store::copyback::CopiedEvent>,
+        notes: Vec<crate::store::copyback::CopiedNotification>,
+    ) -> Result<(), StoreError> {
+        let node = self.clone();
+        self.store
+            .write(move |c| {
+                crate::store::copyback::import(c, &peer, &events, &notes, || {
+                    node.next_id.fetch_add(1, Ordering::Relaxed)
+                })
+            })
+            .await
+    }
+
     /// The last execution number, and a watch that moves with it.
     pub fn executions(&self) -> tokio::sync::watch::Receiver<u64> {
         self.exec_seq.subscribe()
