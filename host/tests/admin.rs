@@ -454,6 +454,56 @@ async fn prune_drops_rows_past_the_retention() {
     assert_eq!(events, 1);
     let (_, v) = call(&h, "GET", "/api/v1/events", Some("admin"), Body::empty()).await;
     assert_eq!(v[0]["name"], "NEW");
+    // While a failover is open, pending signals and executed keys stay.
+    h.node
+        .store()
+        .write_blocking(|c| {
+            c.execute_batch(
+                "INSERT INTO event_log (id, key, name, source, time, received_at, fields, node, status)
+                     VALUES (100, 'p1', 'X', '', 0, 0, '{}', 'n1', 'pending');
+                 INSERT INTO executed_key (key, at) VALUES ('e1', 0);
+                 INSERT INTO failover_log (node, started_at, reason, failback_mode) VALUES ('n1', 0, 'test', 'auto');",
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    h.node.prune().await.unwrap();
+    let kept: (i64, i64) = h
+        .node
+        .store()
+        .read_blocking(|c| {
+            Ok((
+                c.query_row(
+                    "SELECT count(*) FROM event_log WHERE status = 'pending'",
+                    [],
+                    |r| r.get(0),
+                )?,
+                c.query_row(
+                    "SELECT count(*) FROM executed_key WHERE key = 'e1'",
+                    [],
+                    |r| r.get(0),
+                )?,
+            ))
+        })
+        .unwrap();
+    assert_eq!(kept, (1, 1), "kept while the failover is open");
+    h.node
+        .store()
+        .write_blocking(|c| Ok(c.execute("UPDATE failover_log SET ended_at = 1", [])?))
+        .unwrap();
+    h.node.prune().await.unwrap();
+    let gone: i64 = h
+        .node
+        .store()
+        .read_blocking(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM executed_key WHERE key = 'e1'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(gone, 0, "pruned once it closed");
     // Even with every row pruned, a reopened node never reuses an id.
     h.node
         .store()
@@ -476,5 +526,8 @@ async fn prune_drops_rows_past_the_retention() {
         r#"{"name":"LATER"}"#,
     )
     .await;
-    assert_eq!(v["accepted"][0]["id"], 3, "ids 1 and 2 were used before");
+    assert_eq!(
+        v["accepted"][0]["id"], 101,
+        "ids up to 100 were used before"
+    );
 }

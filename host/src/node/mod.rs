@@ -719,10 +719,27 @@ impl Node {
 
     /// Delete event log rows and finished notifications older than the
     /// retention.
+    ///
+    /// Pending signals, executed keys and tombstones are what a handback
+    /// needs: while a failover is open (a failover log row without an end),
+    /// none of them is pruned.
     pub async fn prune(&self) -> Result<(usize, usize), StoreError> {
         let before = now_ms() - self.config.node.retention.as_millis() as i64;
         self.store
-            .write(move |c| Ok((events::prune(c, before)?, outbox::prune(c, before)?)))
+            .write(move |c| {
+                let open: i64 = c.query_row(
+                    "SELECT count(*) FROM failover_log WHERE ended_at IS NULL",
+                    [],
+                    |r| r.get(0),
+                )?;
+                let events = if open > 0 {
+                    events::prune_settled(c, before)?
+                } else {
+                    exec::prune(c, before)?;
+                    events::prune(c, before)?
+                };
+                Ok((events, outbox::prune(c, before)?))
+            })
             .await
     }
 }

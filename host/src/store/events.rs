@@ -127,6 +127,14 @@ pub fn list(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Delete events received before `before_ms`, except pending ones.
+pub fn prune_settled(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM event_log WHERE received_at < ?1 AND status != 'pending'",
+        [before_ms],
+    )?)
+}
+
 /// Delete events received before `before_ms`; returns how many.
 pub fn prune(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
     Ok(conn.execute("DELETE FROM event_log WHERE received_at < ?1", [before_ms])?)
