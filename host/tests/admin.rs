@@ -527,7 +527,7 @@ async fn prune_drops_rows_past_the_retention() {
     )
     .await;
     assert_eq!(
-        v["accepted"][0]["id"], 101,
-        "ids up to 100 were used before"
+        v["accepted"][0]["id"], 3,
+        "ids 1 and 2 were handed out before"
     );
 }
