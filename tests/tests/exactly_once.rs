@@ -294,3 +294,24 @@ fn copy_back_tags_the_secondary_rows_and_resumes_after_a_kill() {
     let got = by_key(&pair.hook.received());
     assert!(got.values().all(|(_, n)| *n == 1), "{got:?}");
 }
+
+/// The model's I3a trace: k1 reaches the standby secondary; the primary
+/// crashes, restarts and gets k1 before (or just as) it reconnects. The
+/// primary must run k1, once.
+#[test]
+fn a_key_stored_by_both_while_the_primary_restarts_runs_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = start_pair(opts(), None);
+    wait_normal(&pair);
+    pair.p.kill9();
+    assert_eq!(send(&pair.s, "i3").expect("202")["accepted"][0]["executed"], false);
+    pair.p.restart();
+    let _ = send(&pair.p, "i3");
+    wait_normal(&pair);
+    pair.hook.wait_until(WAIT, |g| by_key(g).contains_key("i3"));
+    std::thread::sleep(Duration::from_millis(800));
+    let got = by_key(&pair.hook.received());
+    assert_eq!(got["i3"].1, 1, "{got:?}");
+    assert_eq!(status(&pair.s).0, 503, "no takeover happened");
+    wait_until("i3 covered on the secondary", WAIT, || event_status(&pair.s, "i3") == ["covered"]);
+}
