@@ -163,8 +163,143 @@ fn failover(c: &mut Criterion) {
     g.finish();
 }
 
+/// A secondary node (gate closed, no failover driver) holding `n` pending
+/// signals that each match the panic-button rule.
+fn pending_node(rt: &tokio::runtime::Runtime, n: usize) -> (tempfile::TempDir, Arc<Node>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "secondary", "127.0.0.1:0", "auto");
+    let node = Node::open(config, tandem_host::engine::Gate::new(false)).unwrap();
+    let wasm = std::fs::read(wasm_dir().join("panic_button.wasm")).unwrap();
+    node.store()
+        .write_blocking(|c| {
+            tandem_host::store::rules::upsert_script(c, "panic", &wasm)?;
+            tandem_host::store::rules::upsert_rule(
+                c,
+                &tandem_host::store::rules::RuleRow {
+                    name: "panic".into(),
+                    script: "panic".into(),
+                    enabled: true,
+                    signals: vec!["K-*".into()],
+                    deadline_ms: None,
+                    config: Default::default(),
+                    updated_at: 0,
+                },
+            )
+        })
+        .unwrap();
+    rt.block_on(node.reload()).unwrap();
+    let mut seq = 0;
+    for _ in 0..n / 500 {
+        let batch = (0..500)
+            .map(|_| {
+                seq += 1;
+                tandem_host::node::SignalInput {
+                    name: "K-1".into(),
+                    key: Some(format!("k{seq}")),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let acc = rt.block_on(node.ingest(batch, false)).unwrap();
+        assert!(!acc[0].executed);
+    }
+    (dir, node)
+}
+
+fn replay(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("replay");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .warm_up_time(Duration::from_millis(1));
+    g.throughput(criterion::Throughput::Elements(10_000));
+    for (id, window) in [
+        ("handback_10k", None),
+        ("takeover_10k", Some(Duration::from_secs(3600))),
+    ] {
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (_dir, node) = pending_node(&rt, 10_000);
+                    node.gate().open();
+                    let t = Instant::now();
+                    let done = rt.block_on(node.replay_pending(window)).unwrap();
+                    total += t.elapsed();
+                    assert_eq!(done.executed, 10_000);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The executed-key stream's lag while the primary executes 5,000 signals
+/// a second (batches of 50 every 10 ms): from a batch's commit on the
+/// primary to its last key stored on the secondary.
+fn stream_lag(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_dir, p, s, _) = pair(&rt, "auto");
+    let load = p.node.clone();
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (lag_tx, lag_rx) = std::sync::mpsc::channel::<Duration>();
+    let r = running.clone();
+    let watch = s.handle.clone();
+    let sender = rt.spawn(async move {
+        let mut n = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while r.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let batch = (0..50)
+                .map(|_| {
+                    n += 1;
+                    tandem_host::node::SignalInput {
+                        name: "LOAD-1".into(),
+                        key: Some(format!("l{n}")),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            if load.ingest(batch, false).await.is_err() {
+                continue;
+            }
+            let committed = Instant::now();
+            let seq = *load.executions().borrow();
+            let (watch, lag_tx) = (watch.clone(), lag_tx.clone());
+            tokio::spawn(async move {
+                watch.wait_for(|v| v.absorbed_seq >= seq).await;
+                let _ = lag_tx.send(committed.elapsed());
+            });
+        }
+    });
+    // Let the stream settle before measuring.
+    std::thread::sleep(Duration::from_millis(500));
+    while lag_rx.try_recv().is_ok() {}
+    let mut g = c.benchmark_group("stream");
+    g.sample_size(30)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_millis(500));
+    g.bench_function("key_lag_at_5k_per_s", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| lag_rx.recv().unwrap()).sum())
+    });
+    g.finish();
+    running.store(false, Ordering::Relaxed);
+    let _ = rt.block_on(sender);
+    let _ = p.stop.send(());
+    let _ = s.stop.send(());
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
+    replay(&mut c);
+    stream_lag(&mut c);
     failover(&mut c);
     c.final_summary();
 }

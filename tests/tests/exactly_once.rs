@@ -304,7 +304,10 @@ fn a_key_stored_by_both_while_the_primary_restarts_runs_once() {
     let mut pair = start_pair(opts(), None);
     wait_normal(&pair);
     pair.p.kill9();
-    assert_eq!(send(&pair.s, "i3").expect("202")["accepted"][0]["executed"], false);
+    assert_eq!(
+        send(&pair.s, "i3").expect("202")["accepted"][0]["executed"],
+        false
+    );
     pair.p.restart();
     let _ = send(&pair.p, "i3");
     wait_normal(&pair);
@@ -313,5 +316,7 @@ fn a_key_stored_by_both_while_the_primary_restarts_runs_once() {
     let got = by_key(&pair.hook.received());
     assert_eq!(got["i3"].1, 1, "{got:?}");
     assert_eq!(status(&pair.s).0, 503, "no takeover happened");
-    wait_until("i3 covered on the secondary", WAIT, || event_status(&pair.s, "i3") == ["covered"]);
+    wait_until("i3 covered on the secondary", WAIT, || {
+        event_status(&pair.s, "i3") == ["covered"]
+    });
 }
