@@ -320,3 +320,45 @@ fn a_key_stored_by_both_while_the_primary_restarts_runs_once() {
         event_status(&pair.s, "i3") == ["covered"]
     });
 }
+
+/// The traces the model calls not fixable without extra assumptions: a
+/// repeat is possible, but never a loss, and the repeat carries the same
+/// notification id.
+#[test]
+fn unfixable_traces_lose_nothing_and_repeat_with_the_same_id() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = start_pair(opts(), None);
+    wait_normal(&pair);
+    // A (takeover): the primary runs u1 and dies at once; a late u1
+    // reaches the secondary after its takeover.
+    assert_eq!(
+        send(&pair.p, "u1").expect("202")["accepted"][0]["executed"],
+        true
+    );
+    pair.p.kill9();
+    wait_until("S active", WAIT, || status(&pair.s).0 == 200);
+    let _ = send(&pair.s, "u1");
+    // C (grace): the secondary runs u2 and dies; the primary comes back
+    // alone, activates by grace, and then u2 reaches it.
+    assert_eq!(
+        send(&pair.s, "u2").expect("202")["accepted"][0]["executed"],
+        true
+    );
+    pair.s.kill9();
+    pair.p.restart();
+    wait_until("P active by grace", WAIT, || status(&pair.p).0 == 200);
+    let _ = send(&pair.p, "u2");
+    pair.hook.wait_until(WAIT, |g| {
+        let m = by_key(g);
+        m.contains_key("u1") && m.contains_key("u2")
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let got = by_key(&pair.hook.received());
+    for k in ["u1", "u2"] {
+        assert_eq!(
+            got[k].0.len(),
+            1,
+            "{k}: every delivery under one id: {got:?}"
+        );
+    }
+}
