@@ -11,6 +11,9 @@
 //! - [`config`]: the TOML file, parsed raw, then validated into [`config::Config`].
 //! - [`store`]: SQLite (WAL), migrations on `PRAGMA user_version`, the
 //!   rule and script tables; never on an executor thread.
+//! - [`failover`]: the pair: pure state machine, authenticated link,
+//!   driver; reaches the engine only through the gate.
+//! - [`sync`]: table sync snapshots (export, import, signatures).
 //! - [`node`]: the pipeline (signal -> store -> engine -> outbox), the
 //!   reload loop, delivery to sinks, the rules directory watcher.
 //! - [`admin`]: the HTTP API, `app(node) -> Router`.
@@ -32,3 +35,4 @@ pub mod node;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod sync;
