@@ -31,6 +31,7 @@ startup_delay = "1s"
 timeout = "1s"
 check_interval = "100ms"
 failback = "auto"
+table_sync_types = ["contact"]
 [failover.advanced]
 lab_timings = true
 [[sinks]]

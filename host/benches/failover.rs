@@ -41,7 +41,7 @@ fn config(dir: &std::path::Path, role: &str, link: &str, failback: &str) -> Conf
         "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t\"\n\
          [rules]\ndir = \"{}\"\n[failover]\nrole = \"{role}\"\nprimary = \"dev4120\"\nsecondary = \"wat4120\"\n\
          {key} = \"{link}\"\nsecret = \"s\"\nstartup_delay = \"200ms\"\ntimeout = \"1s\"\ncheck_interval = \"100ms\"\n\
-         failback = \"{failback}\"\n[failover.advanced]\nlab_timings = true\n[[sinks]]\nname = \"log\"\nkind = \"log\"\n",
+         failback = \"{failback}\"\ntable_sync_types = [\"contact\"]\n[failover.advanced]\nlab_timings = true\n[[sinks]]\nname = \"log\"\nkind = \"log\"\n",
         dir.join(name).display(),
         rules.display()
     );

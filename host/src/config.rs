@@ -109,6 +109,7 @@ struct RawAdvanced {
     lab_timings: bool,
     copyback_batch: Option<u32>,
     copyback_delay: Option<String>,
+    import_delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +170,9 @@ pub struct FailoverConfig {
     /// Lab only: a pause between copy-back frames, so a test can kill a
     /// node in the middle (`[failover.advanced] copyback_delay`).
     pub copyback_delay: Duration,
+    /// Lab only: a pause inside a table-sync import
+    /// (`[failover.advanced] import_delay`).
+    pub import_delay: Duration,
 }
 
 impl FailoverConfig {
@@ -763,6 +767,23 @@ fn validate_failover(
                 Duration::ZERO,
                 Duration::ZERO,
                 Duration::from_secs(10),
+            )?,
+        },
+        import_delay: match raw.advanced.import_delay.as_deref() {
+            None => Duration::ZERO,
+            Some(_) if !lab => {
+                return Err(invalid(
+                    "failover.advanced.import_delay",
+                    "(set)",
+                    "only with lab_timings = true",
+                ));
+            }
+            Some(d) => duration(
+                "failover.advanced.import_delay",
+                Some(d),
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::from_secs(60),
             )?,
         },
     })

@@ -53,7 +53,24 @@ pub async fn run(
     let (shutdown, listener) = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    if let Some(dir) = node.config().rules.dir.clone() {
+    let rules_synced_here = node.config().failover.as_ref().is_some_and(|f| {
+        f.role == crate::failover::machine::PairRole::Secondary
+            && crate::sync::normalise(&f.table_sync_types)
+                .iter()
+                .any(|t| t == "rule")
+    });
+    if rules_synced_here && node.config().rules.dir.is_some() {
+        tracing::warn!(
+            "rules are synced from the primary: the rules directory is not watched on this secondary"
+        );
+    }
+    if let Some(dir) = node
+        .config()
+        .rules
+        .dir
+        .clone()
+        .filter(|_| !rules_synced_here)
+    {
         // The first scan happens before the listener opens.
         if let Err(e) = watch::sync_dir(&node, &dir).await {
             tracing::error!("rules directory: {e}");

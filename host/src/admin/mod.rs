@@ -56,12 +56,14 @@ pub fn app(node: Arc<Node>, failover: Option<Failover>) -> Router {
         .route("/failovers", get(list_failovers))
         .route("/failback", post(failback))
         .route("/switchover", post(switchover))
+        .route("/sync", post(sync_now))
         .fallback(|| async { ApiError::not_found("no such endpoint under /api/v1/") })
         .layer(middleware::from_fn_with_state(node.clone(), authorize));
     Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
+        .route(crate::sync::transfer::PATH, post(internal_sync))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(Extension(failover))
         .with_state(node)
@@ -307,6 +309,7 @@ async fn put_rule(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    rules_read_only(&node)?;
     let bytes = read_body(body, MAX_RULE_BODY, "the rule").await?;
     let put: RulePut = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not a rule: {e}")))?;
@@ -397,6 +400,7 @@ async fn delete_rule(
     State(node): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    rules_read_only(&node)?;
     let n = name.clone();
     if !node
         .store()
@@ -427,6 +431,7 @@ async fn put_script(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    rules_read_only(&node)?;
     if name.is_empty()
         || name.len() > 128
         || !name
@@ -569,4 +574,78 @@ async fn failback(Extension(failover): Pair) -> Result<Json<serde_json::Value>, 
 
 async fn switchover(Extension(failover): Pair) -> Result<Json<serde_json::Value>, ApiError> {
     pair_command(failover, Command::Switchover).await
+}
+
+#[derive(Debug, Deserialize)]
+struct SyncQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn sync_now(
+    State(node): State<AppState>,
+    Extension(failover): Pair,
+    Query(q): Query<SyncQuery>,
+) -> Result<Json<crate::sync::transfer::SyncResult>, ApiError> {
+    use crate::sync::SyncError;
+    let Some(f) = failover else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_role",
+            "this node is standalone: table sync needs a pair",
+        ));
+    };
+    match crate::sync::transfer::sync_now(&node, &f, q.force).await {
+        Ok(r) => Ok(Json(r)),
+        Err(SyncError::Precondition(why)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "precondition",
+            format!("table sync refused: {why}"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "sync_failed",
+            e.to_string(),
+        )),
+    }
+}
+
+async fn internal_sync(
+    State(node): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Json<crate::sync::SyncStats>, ApiError> {
+    use crate::sync::SyncError;
+    use crate::sync::transfer::ReceiveError;
+    crate::sync::transfer::receive(&node, &headers, body)
+        .await
+        .map(Json)
+        .map_err(|e| match e {
+            ReceiveError::Unauthorized(m) => ApiError::unauthorized(m),
+            ReceiveError::TooLarge(m) => ApiError::too_large(m),
+            ReceiveError::WrongRole(m) => ApiError::new(StatusCode::CONFLICT, "wrong_role", m),
+            ReceiveError::Sync(SyncError::Store(s)) => s.into(),
+            ReceiveError::Sync(e) => ApiError::bad_request("refused", e.to_string()),
+        })
+}
+
+/// 409 when this node is a secondary and `rule` tables are synced to it.
+fn rules_read_only(node: &Node) -> Result<(), ApiError> {
+    let Some(f) = &node.config().failover else {
+        return Ok(());
+    };
+    let synced = crate::sync::normalise(&f.table_sync_types)
+        .iter()
+        .any(|t| t == "rule");
+    if f.role == crate::failover::machine::PairRole::Secondary && synced {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "read_only",
+            format!(
+                "rules are synced from the primary `{}`: change them there",
+                f.primary
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod client;
 mod rule;
+mod sync;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,9 @@ pub enum Command {
     Failback(client::Target),
     /// Hand the active role to the other node of the pair.
     Switchover(client::Target),
+    /// Table sync: now, or an export for inspection and backups.
+    #[command(subcommand)]
+    Sync(sync::SyncCommand),
     /// Run a node.
     Serve {
         /// The config file.
@@ -77,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rule(cmd) => rule::run(cmd),
         Command::Signal(cmd) => client::signal(cmd),
         Command::Status(t) => client::status(&t),
+        Command::Sync(cmd) => sync::run(cmd),
         Command::Failback(t) => client::pair_command(&t, "failback"),
         Command::Switchover(t) => client::pair_command(&t, "switchover"),
         Command::Serve { config } => {

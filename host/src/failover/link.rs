@@ -101,6 +101,9 @@ pub struct Hello {
     pub admin: Option<String>,
     /// The last execution number of the *other* node it has recorded.
     pub absorbed_seq: u64,
+    /// The last table-sync generation it imported or exported.
+    #[serde(default)]
+    pub sync_generation: u64,
 }
 
 /// What travels in a sealed frame.
@@ -486,6 +489,7 @@ mod tests {
             clock_ms: 0,
             admin: None,
             absorbed_seq: 0,
+            sync_generation: 0,
         }
     }
 

@@ -29,6 +29,8 @@ use crate::store::{copyback, exec, failover as log, now_ms};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerView {
     pub node: String,
+    pub sync_types: Vec<String>,
+    pub sync_generation: u64,
     pub fs: u8,
     pub epoch: u64,
     pub ready: bool,
@@ -282,6 +284,7 @@ fn hello(node: &Node, cfg: &FailoverConfig, v: &View, started: Instant) -> Hello
         clock_ms: now_ms(),
         admin: node.admin_url().map(str::to_owned),
         absorbed_seq: v.absorbed_seq,
+        sync_generation: node.sync_generation(),
     }
 }
 
@@ -428,6 +431,8 @@ impl Driver {
                 .or_else(|| self.peer_hello.as_ref().and_then(|h| h.admin.clone())),
             peer: self.peer_hello.as_ref().map(|h| PeerView {
                 node: h.node.clone(),
+                sync_types: h.sync_types.clone(),
+                sync_generation: h.sync_generation,
                 fs: m.peer.map_or(h.fs, |p| p.fs).number(),
                 epoch: m.peer.map_or(h.epoch, |p| p.epoch),
                 ready: m.peer.map_or(h.ready, |p| p.ready),

@@ -176,6 +176,7 @@ pub struct Node {
     last_reload: Mutex<ReloadSummary>,
     delivery_wake: tokio::sync::Notify,
     exec_seq: tokio::sync::watch::Sender<u64>,
+    sync_gen: AtomicU64,
     admin_url: OnceLock<String>,
     started: Instant,
 }
@@ -194,6 +195,7 @@ impl Node {
         })?;
         let next = store.read_blocking(events::next_id)?;
         let last_seq = store.read_blocking(exec::last_seq)?;
+        let sync_gen = store.read_blocking(crate::sync::last_generation_store)?;
         Ok(Arc::new(Node {
             rules: Mutex::new(RuleSet::new(engine.clone(), gate.clone())),
             config: Arc::new(config),
@@ -207,6 +209,7 @@ impl Node {
             last_reload: Mutex::new(ReloadSummary::default()),
             delivery_wake: tokio::sync::Notify::new(),
             exec_seq: tokio::sync::watch::channel(last_seq).0,
+            sync_gen: AtomicU64::new(sync_gen),
             admin_url: OnceLock::new(),
             started: Instant::now(),
         }))
@@ -620,6 +623,25 @@ impl Node {
                 })
             })
             .await
+    }
+
+    /// The last table-sync generation imported or exported here.
+    pub fn sync_generation(&self) -> u64 {
+        self.sync_gen.load(Ordering::Relaxed)
+    }
+
+    /// Lab hook (`[failover.advanced] import_delay`): a pause inside a
+    /// table-sync import, before its transaction.
+    pub fn import_delay(&self) -> Duration {
+        self.config
+            .failover
+            .as_ref()
+            .map_or(Duration::ZERO, |f| f.import_delay)
+    }
+
+    /// Record a table-sync generation.
+    pub fn set_sync_generation(&self, g: u64) {
+        self.sync_gen.fetch_max(g, Ordering::Relaxed);
     }
 
     /// The last execution number, and a watch that moves with it.

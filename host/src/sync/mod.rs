@@ -10,6 +10,7 @@
 //!   nonce, body sha256).
 
 pub mod snapshot;
+pub mod transfer;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -184,6 +185,11 @@ pub fn last_generation(conn: &Connection) -> Result<u64, SyncError> {
         )
         .optional()?;
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// [`last_generation`] with the store's error type.
+pub fn last_generation_store(conn: &Connection) -> Result<u64, crate::store::StoreError> {
+    last_generation(conn).map_err(|e| crate::store::StoreError::Invalid(e.to_string()))
 }
 
 /// Remember a generation.

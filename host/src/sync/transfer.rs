@@ -1,0 +1,345 @@
+//! Moving a snapshot from the primary to the secondary: the preconditions,
+//! the signed POST to `/internal/v1/sync`, and the receiving side.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{SyncError, SyncStats};
+use crate::failover::Handle;
+use crate::failover::machine::PairRole;
+use crate::node::Node;
+use crate::store::now_ms;
+
+/// The internal path snapshots are POSTed to.
+pub const PATH: &str = "/internal/v1/sync";
+/// The largest snapshot body accepted.
+pub const MAX_BODY: u64 = 256 << 20;
+/// The most a snapshot may decompress to.
+pub const MAX_RAW: u64 = 4 << 30;
+/// Timestamps further than this from the receiver's clock are refused.
+pub const MAX_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// What `POST /api/v1/sync` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncResult {
+    pub generation: u64,
+    pub rows: std::collections::BTreeMap<String, u64>,
+    pub bytes_raw: u64,
+    pub bytes_compressed: u64,
+    pub duration_ms: u64,
+}
+
+fn refuse(node: &Node, why: String) -> SyncError {
+    let detail = why.clone();
+    let _ = node.store().write_blocking(move |c| {
+        super::log(c, "export", 0, "refused", &detail)
+            .map_err(|e| crate::store::StoreError::Invalid(e.to_string()))
+    });
+    SyncError::Precondition(why)
+}
+
+/// Run a sync now, from the primary. Every refusal is recorded in
+/// `sync_log` and names what is wrong.
+pub async fn sync_now(
+    node: &Arc<Node>,
+    failover: &Handle,
+    force: bool,
+) -> Result<SyncResult, SyncError> {
+    let started = Instant::now();
+    let Some(cfg) = node.config().failover.clone() else {
+        return Err(SyncError::Precondition(
+            "this node is standalone: table sync needs a pair".into(),
+        ));
+    };
+    if cfg.role != PairRole::Primary {
+        return Err(SyncError::Precondition(
+            "only the primary exports; run it on the primary".into(),
+        ));
+    }
+    let view = failover.view();
+    let Some(peer) = view.peer.clone().filter(|_| view.link_up) else {
+        return Err(refuse(node, "no secondary connected".into()));
+    };
+    let ours = super::normalise(&cfg.table_sync_types);
+    let theirs = super::normalise(&peer.sync_types);
+    if ours != theirs {
+        return Err(refuse(
+            node,
+            format!("table_sync_types differ (primary {ours:?}, secondary {theirs:?})"),
+        ));
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    if peer.version != version {
+        return Err(refuse(
+            node,
+            format!(
+                "version mismatch (primary {version}, secondary {})",
+                peer.version
+            ),
+        ));
+    }
+    if peer.node != cfg.secondary {
+        return Err(refuse(
+            node,
+            format!(
+                "identity pair differs (secondary is `{}`, expected `{}`)",
+                peer.node, cfg.secondary
+            ),
+        ));
+    }
+    if !view.ready {
+        return Err(refuse(
+            node,
+            "the primary is not Ready yet (startup_delay)".into(),
+        ));
+    }
+    if !peer.ready {
+        return Err(refuse(
+            node,
+            "the secondary is not Ready yet (startup_delay)".into(),
+        ));
+    }
+    let Some(admin) = view.peer_admin.clone().or(peer.admin.clone()) else {
+        return Err(refuse(
+            node,
+            "the secondary's admin URL is unknown: set [failover] peer_admin".into(),
+        ));
+    };
+    let generation = node.sync_generation().max(peer.sync_generation) + 1;
+    // Export into a temporary file, row by row.
+    let path = node.config().node.data_dir.join("sync-export.tmp");
+    let (types, name, n2, p2) = (
+        cfg.table_sync_types.clone(),
+        node.config().node.name.clone(),
+        node.clone(),
+        path.clone(),
+    );
+    let stats: SyncStats = tokio::task::spawn_blocking(move || -> Result<SyncStats, SyncError> {
+        let file = std::io::BufWriter::new(
+            std::fs::File::create(&p2).map_err(super::snapshot::SnapshotError::Io)?,
+        );
+        let (file, stats) = n2
+            .store()
+            .read_blocking(|c| Ok(super::export(c, &types, generation, &name, force, file)))??;
+        file.into_inner()
+            .map_err(|e| super::snapshot::SnapshotError::Io(e.into_error()))?
+            .sync_all()
+            .map_err(super::snapshot::SnapshotError::Io)?;
+        Ok(stats)
+    })
+    .await
+    .map_err(|e| SyncError::Peer(e.to_string()))??;
+    let body = tokio::fs::read(&path)
+        .await
+        .map_err(super::snapshot::SnapshotError::Io)?;
+    let compressed = body.len() as u64;
+    let ts = now_ms();
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| SyncError::Peer(e.to_string()))?;
+    let nonce = hex::encode(nonce);
+    let digest = Sha256::digest(&body);
+    let sig = super::signature(cfg.secret.as_bytes(), "POST", PATH, ts, &nonce, &digest);
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}{PATH}", admin.trim_end_matches('/')))
+        .header("x-tandem-node", &node.config().node.name)
+        .header("x-tandem-timestamp", ts.to_string())
+        .header("x-tandem-nonce", &nonce)
+        .header("x-tandem-signature", sig)
+        .body(body)
+        .send()
+        .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    let outcome = match resp {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => {
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            Err(SyncError::Peer(format!("{status}: {msg}")))
+        }
+        Err(e) => Err(SyncError::Peer(e.to_string())),
+    };
+    let (result, detail) = match &outcome {
+        Ok(()) => ("ok", format!("{} rows", stats.rows.values().sum::<u64>())),
+        Err(e) => ("failed", e.to_string()),
+    };
+    let detail2 = detail.clone();
+    let _ = node
+        .store()
+        .write(move |c| {
+            if result == "ok" {
+                super::set_generation(c, generation)
+                    .map_err(|e| crate::store::StoreError::Invalid(e.to_string()))?;
+            }
+            super::log(c, "export", generation, result, &detail2)
+                .map_err(|e| crate::store::StoreError::Invalid(e.to_string()))
+        })
+        .await;
+    outcome?;
+    node.set_sync_generation(generation);
+    tracing::info!(generation, rows = %detail, compressed, "table sync done");
+    Ok(SyncResult {
+        generation,
+        rows: stats.rows,
+        bytes_raw: stats.bytes_raw,
+        bytes_compressed: compressed,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Nonces seen inside the skew window.
+static NONCES: Mutex<Vec<(String, i64)>> = Mutex::new(Vec::new());
+
+/// Check and remember a nonce; `false` if seen in the window.
+fn fresh_nonce(nonce: &str, now: i64) -> bool {
+    let mut seen = NONCES.lock().unwrap_or_else(|p| p.into_inner());
+    seen.retain(|(_, at)| now - at < 2 * MAX_SKEW_MS);
+    if seen.iter().any(|(n, _)| n == nonce) {
+        return false;
+    }
+    seen.push((nonce.to_owned(), now));
+    true
+}
+
+/// Why the receiving side refused; the admin layer maps these to HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    WrongRole(String),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+}
+
+/// The secondary's side: body to a temporary file under a cap, signature,
+/// then the import (one transaction), then a reload.
+pub async fn receive(
+    node: &Arc<Node>,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<SyncStats, ReceiveError> {
+    use futures_util::StreamExt;
+    let Some(cfg) = node.config().failover.clone() else {
+        return Err(ReceiveError::WrongRole("this node is standalone".into()));
+    };
+    if cfg.role != PairRole::Secondary {
+        return Err(ReceiveError::WrongRole(
+            "only a secondary imports snapshots".into(),
+        ));
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (Some(ts), Some(nonce), Some(sig)) = (
+        header("x-tandem-timestamp"),
+        header("x-tandem-nonce"),
+        header("x-tandem-signature"),
+    ) else {
+        return Err(ReceiveError::Unauthorized("unsigned internal call".into()));
+    };
+    let ts: i64 = ts
+        .parse()
+        .map_err(|_| ReceiveError::Unauthorized("bad timestamp".into()))?;
+    let now = now_ms();
+    if (now - ts).abs() > MAX_SKEW_MS {
+        return Err(ReceiveError::Unauthorized(
+            "timestamp more than 5 minutes from this node's clock".into(),
+        ));
+    }
+    // 1. The body to a temporary file, under a size cap, hashing as it goes.
+    let path = node.config().node.data_dir.join("sync-import.tmp");
+    let mut file = std::fs::File::create(&path).map_err(|e| SyncError::Snapshot(e.into()))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ReceiveError::Sync(SyncError::Refused(format!("truncated body: {e}"))))?;
+        size += chunk.len() as u64;
+        if size > MAX_BODY {
+            let _ = std::fs::remove_file(&path);
+            return Err(ReceiveError::TooLarge(format!(
+                "snapshot over {MAX_BODY} bytes"
+            )));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .map_err(|e| SyncError::Snapshot(e.into()))?;
+    }
+    drop(file);
+    // 2. The signature, and a nonce not seen before.
+    if !super::verify(
+        cfg.secret.as_bytes(),
+        "POST",
+        PATH,
+        ts,
+        &nonce,
+        &hasher.finalize(),
+        &sig,
+    ) {
+        let _ = std::fs::remove_file(&path);
+        return Err(ReceiveError::Unauthorized(
+            "bad signature (not signed with the pair secret, or altered)".into(),
+        ));
+    }
+    if !fresh_nonce(&nonce, now) {
+        let _ = std::fs::remove_file(&path);
+        return Err(ReceiveError::Unauthorized(
+            "nonce already seen (a replayed call)".into(),
+        ));
+    }
+    // 3. The import: generation, decompression cap, tables, columns, one
+    // transaction.
+    let (n2, p2, types) = (node.clone(), path.clone(), cfg.table_sync_types.clone());
+    let result = tokio::task::spawn_blocking(move || -> Result<SyncStats, SyncError> {
+        let file = std::io::BufReader::new(
+            std::fs::File::open(&p2).map_err(super::snapshot::SnapshotError::Io)?,
+        );
+        if !n2.import_delay().is_zero() {
+            // Lab hook: a window in which a test kills the node mid-import.
+            std::thread::sleep(n2.import_delay());
+        }
+        n2.store()
+            .write_blocking(|c| Ok(super::import(c, file, &types, MAX_RAW)))
+            .map_err(SyncError::Store)?
+    })
+    .await
+    .map_err(|e| SyncError::Peer(e.to_string()))?;
+    let _ = std::fs::remove_file(&path);
+    match result {
+        Ok(stats) => {
+            node.set_sync_generation(stats.generation);
+            if let Err(e) = node.reload().await {
+                tracing::error!("reload after table sync: {e}");
+            }
+            tracing::info!(generation = stats.generation, "table sync imported");
+            Ok(stats)
+        }
+        Err(e) => {
+            let detail = e.to_string();
+            let _ = node
+                .store()
+                .write(move |c| {
+                    super::log(c, "import", 0, "refused", &detail)
+                        .map_err(|e| crate::store::StoreError::Invalid(e.to_string()))
+                })
+                .await;
+            tracing::warn!("table sync refused: {e}");
+            Err(e.into())
+        }
+    }
+}

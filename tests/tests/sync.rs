@@ -1,0 +1,174 @@
+//! Table sync between a real primary and secondary: rules and contacts
+//! copied and hot-reloaded, preconditions, read-only tables, signatures.
+
+use std::time::Duration;
+
+use tandem_tests::http::{get, post, request};
+use tandem_tests::node::NodeProc;
+use tandem_tests::pair::*;
+
+fn opts() -> Opts {
+    Opts {
+        sync_types: "[\"rule\", \"contact\"]",
+        rules: vec![(
+            "k",
+            "panic_button",
+            "signals = [\"K-*\"]\n[config]\nto = \"first@example.org\"\n",
+        )],
+        ..Opts::default()
+    }
+}
+
+fn rules(node: &NodeProc) -> Vec<serde_json::Value> {
+    get(node.admin(), "/api/v1/rules", Some("admin"))
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn people(node: &NodeProc) -> Vec<(i64, String, String)> {
+    let db = rusqlite::Connection::open(node.db()).expect("db");
+    let mut stmt = db
+        .prepare("SELECT id, name, address FROM person ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[test]
+fn rules_and_contacts_sync_and_the_secondary_reloads_without_a_restart() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = start_pair(opts(), None);
+    wait_normal(&pair);
+    assert!(
+        rules(&pair.s).is_empty(),
+        "a synced secondary does not load its rules directory"
+    );
+    {
+        let db = rusqlite::Connection::open(pair.p.db()).expect("db");
+        db.execute_batch(
+            "INSERT INTO person (id, name, address) VALUES (1, 'ann', 'ann@example.org'), (2, 'bob', 'x''); DROP TABLE person; --');
+             INSERT INTO contact_group (id, name) VALUES (1, 'security');
+             INSERT INTO group_member VALUES (1, 1), (1, 2);",
+        )
+        .expect("contacts");
+    }
+    let a = post(pair.p.admin(), "/api/v1/sync", Some("admin"), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let r = a.json();
+    assert_eq!(r["generation"], 1);
+    assert_eq!(r["rows"]["person"], 2);
+    assert!(
+        r["bytes_compressed"]
+            .as_u64()
+            .is_some_and(|c| c > 0 && c < r["bytes_raw"].as_u64().unwrap_or(0))
+    );
+    assert_eq!(people(&pair.p), people(&pair.s), "identical rows");
+    let loaded = rules(&pair.s);
+    assert!(
+        loaded
+            .iter()
+            .any(|r| r["name"] == "k" && r["loaded"] == true),
+        "{loaded:?}"
+    );
+
+    // A rule changed on the primary runs its new version on the secondary.
+    let body = r#"{"script":"k","signals":["K-*"],"config":{"to":"second@example.org"}}"#;
+    let a = request(
+        "PUT",
+        pair.p.admin(),
+        "/api/v1/rules/k",
+        Some("admin"),
+        body.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = post(pair.p.admin(), "/api/v1/sync", Some("admin"), "");
+    assert_eq!(
+        (a.status, a.json()["generation"].as_i64()),
+        (200, Some(2)),
+        "{}",
+        a.body
+    );
+    let k = get(pair.s.admin(), "/api/v1/rules/k", Some("admin")).json();
+    assert_eq!(
+        (k["config"]["to"].as_str(), k["loaded"].as_bool()),
+        (Some("second@example.org"), Some(true))
+    );
+    // Switch over and run it there: the new version, no restart.
+    assert_eq!(
+        post(pair.p.admin(), "/api/v1/switchover", Some("admin"), "").status,
+        200
+    );
+    wait_until("S active", WAIT, || status(&pair.s).0 == 200);
+    let reply = post(
+        pair.s.admin(),
+        "/api/v1/signals",
+        Some("ingest"),
+        r#"{"name":"K-1","key":"sync-1"}"#,
+    )
+    .json();
+    assert_eq!(reply["accepted"][0]["executed"], true);
+    let got = pair.hook.wait_until(WAIT, |g| {
+        g.iter().any(|r| r.body["signal"]["key"] == "sync-1")
+    });
+    let n = got
+        .iter()
+        .find(|r| r.body["signal"]["key"] == "sync-1")
+        .expect("notified");
+    assert_eq!(n.body["to"], "second@example.org");
+}
+
+#[test]
+fn synced_tables_are_read_only_on_the_secondary_and_refusals_say_why() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = start_pair(opts(), None);
+    wait_normal(&pair);
+    let a = request(
+        "PUT",
+        pair.s.admin(),
+        "/api/v1/scripts/x",
+        Some("admin"),
+        b"\0asm",
+    );
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("dev4120")),
+        "{}",
+        a.body
+    );
+    // A forged internal call.
+    let forged = request(
+        "POST",
+        pair.s.admin(),
+        "/internal/v1/sync",
+        None,
+        b"anything",
+    );
+    assert_eq!(forged.status, 401, "{}", forged.body);
+    // Syncing to a secondary that is down.
+    pair.s.kill9();
+    wait_until("the link down", WAIT, || {
+        get(pair.p.admin(), "/api/v1/status", Some("admin")).json()["peer"]["link_state"] == "down"
+    });
+    let a = post(pair.p.admin(), "/api/v1/sync", Some("admin"), "");
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no secondary connected")),
+        "{}",
+        a.body
+    );
+    // The refusal is in the primary's sync log.
+    std::thread::sleep(Duration::from_millis(100));
+    let db = rusqlite::Connection::open(pair.p.db()).expect("db");
+    let logged: i64 = db
+        .query_row("SELECT count(*) FROM sync_log WHERE result = 'refused' AND detail LIKE '%no secondary%'", [], |r| r.get(0))
+        .expect("sync_log");
+    assert_eq!(logged, 1);
+}
