@@ -172,3 +172,46 @@ fn synced_tables_are_read_only_on_the_secondary_and_refusals_say_why() {
         .expect("sync_log");
     assert_eq!(logged, 1);
 }
+
+#[test]
+fn a_kill_9_of_the_secondary_during_import_leaves_the_old_data() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = Opts {
+        advanced: "import_delay = \"2s\"",
+        ..opts()
+    };
+    let mut pair = start_pair(o, None);
+    wait_normal(&pair);
+    let write = |node: &NodeProc, sql: &str| {
+        rusqlite::Connection::open(node.db())
+            .expect("db")
+            .execute_batch(sql)
+            .expect("sql");
+    };
+    write(&pair.p, "INSERT INTO person (id, name) VALUES (1, 'old');");
+    // The first sync has to wait out the delay too.
+    let a = post(pair.p.admin(), "/api/v1/sync", Some("admin"), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(people(&pair.s).len(), 1);
+    write(
+        &pair.p,
+        "UPDATE person SET name = 'new'; INSERT INTO person (id, name) VALUES (2, 'two');",
+    );
+    let admin = pair.p.admin().to_owned();
+    let syncing =
+        std::thread::spawn(move || post(&admin, "/api/v1/sync", Some("admin"), "").status);
+    // Inside the import's delay: kill the secondary.
+    std::thread::sleep(Duration::from_millis(800));
+    pair.s.kill9();
+    assert_ne!(
+        syncing.join().expect("thread"),
+        200,
+        "the primary sees the failure"
+    );
+    pair.s.restart();
+    assert_eq!(
+        people(&pair.s),
+        vec![(1, "old".to_owned(), String::new())],
+        "the old data is intact"
+    );
+}

@@ -219,12 +219,14 @@ pub fn log(
 
 /// Import a snapshot: check everything, replace the tables' rows in ONE
 /// transaction; any error rolls back and leaves the old data.
-/// `decompressed_cap` bounds the decompressed size.
+/// `decompressed_cap` bounds the decompressed size; `before_commit` runs
+/// with every row written but not committed (a lab hook for kill tests).
 pub fn import<R: Read>(
     conn: &mut Connection,
     input: R,
     agreed: &[String],
     decompressed_cap: u64,
+    before_commit: &dyn Fn(),
 ) -> Result<SyncStats, SyncError> {
     let mut reader = Reader::new(input, decompressed_cap)?;
     let Some(Record::Header(h)) = reader.next_record()? else {
@@ -354,6 +356,7 @@ pub fn import<R: Read>(
         "ok",
         &format!("{total} rows from {}", h.source),
     )?;
+    before_commit();
     tx.commit()?;
     stats.bytes_raw = reader.raw_bytes();
     Ok(stats)

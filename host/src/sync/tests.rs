@@ -44,7 +44,7 @@ fn snapshot_of(s: &Store, generation: u64) -> Vec<u8> {
 }
 
 fn import_into(s: &Store, bytes: &[u8]) -> Result<SyncStats, SyncError> {
-    s.write_blocking(|c| Ok(import(c, bytes, &all(), 64 << 20)))
+    s.write_blocking(|c| Ok(import(c, bytes, &all(), 64 << 20, &|| {})))
         .unwrap()
 }
 

@@ -309,12 +309,16 @@ pub async fn receive(
         let file = std::io::BufReader::new(
             std::fs::File::open(&p2).map_err(super::snapshot::SnapshotError::Io)?,
         );
-        if !n2.import_delay().is_zero() {
-            // Lab hook: a window in which a test kills the node mid-import.
-            std::thread::sleep(n2.import_delay());
-        }
+        // Lab hook: every row written, not committed: a test kills the node
+        // here and finds the old data after the restart.
+        let delay = n2.import_delay();
+        let hold = move || {
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+        };
         n2.store()
-            .write_blocking(|c| Ok(super::import(c, file, &types, MAX_RAW)))
+            .write_blocking(|c| Ok(super::import(c, file, &types, MAX_RAW, &hold)))
             .map_err(SyncError::Store)?
     })
     .await
