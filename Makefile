@@ -31,7 +31,7 @@ test: rules
 	$(CARGO) test --workspace
 
 bench: rules
-	$(CARGO) bench -p tandem-host --bench engine --bench node --bench failover
+	$(CARGO) bench -p tandem-host --bench engine --bench node --bench failover --bench sync
 
 lint:
 	$(CARGO) fmt --all --check
