@@ -370,6 +370,10 @@ impl Config {
                 "letters, digits, `-`, `_` and `.`",
             ));
         }
+        if let Some(tz) = &raw.node.timezone {
+            crate::sync::schedule::zone(Some(tz))
+                .map_err(|e| invalid("node.timezone", format!("{tz:?}"), e))?;
+        }
         let node = NodeConfig {
             data_dir: PathBuf::from(raw.node.data_dir.unwrap_or_else(|| "./data".to_owned())),
             timezone: raw.node.timezone,

@@ -111,6 +111,11 @@ pub async fn run(
         tasks.spawn(async move {
             let _ = task.await;
         });
+        tasks.spawn(crate::sync::transfer::run_triggers(
+            node.clone(),
+            handle.clone(),
+            listener.clone(),
+        ));
         failover = Some(handle);
     }
     write_listen_file(&node, bound, link)?;

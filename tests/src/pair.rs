@@ -24,6 +24,8 @@ pub struct Opts {
     pub failback: &'static str,
     pub startup_delay: &'static str,
     pub secret_p: &'static str,
+    /// Extra `[failover]` lines (both nodes).
+    pub failover_extra: &'static str,
     /// `table_sync_types` of both nodes (TOML array text).
     pub sync_types: &'static str,
     /// Extra lines for `[failover.advanced]` (both nodes).
@@ -40,6 +42,7 @@ impl Default for Opts {
             secret_p: "pair-secret",
             rules: Vec::new(),
             advanced: "",
+            failover_extra: "",
             // Not `rule`: the secondary loads its rules from its own
             // directory (a synced secondary does not watch it).
             sync_types: "[\"contact\"]",
@@ -61,8 +64,8 @@ pub fn failover_section(role: &str, o: &Opts, secret: &str, link: &str) -> Strin
     format!(
         "[failover]\nrole = \"{role}\"\nrank = {rank}\nprimary = \"dev4120\"\nsecondary = \"wat4120\"\n{key} = \"{link}\"\n\
          secret = \"{secret}\"\nstartup_delay = \"{}\"\ntimeout = \"{TIMEOUT_MS}ms\"\ncheck_interval = \"{CHECK_MS}ms\"\n\
-         failback = \"{}\"\ntable_sync_types = {}\n[failover.advanced]\nlab_timings = true\n{}\n",
-        o.startup_delay, o.failback, o.sync_types, o.advanced
+         failback = \"{}\"\ntable_sync_types = {}\n{}\n[failover.advanced]\nlab_timings = true\n{}\n",
+        o.startup_delay, o.failback, o.sync_types, o.failover_extra, o.advanced
     )
 }
 

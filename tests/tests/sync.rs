@@ -215,3 +215,58 @@ fn a_kill_9_of_the_secondary_during_import_leaves_the_old_data() {
         "the old data is intact"
     );
 }
+
+#[test]
+fn sync_on_change_follows_a_rule_change_and_a_types_mismatch_is_refused() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = Opts {
+        failover_extra: "sync_on_change = true",
+        ..opts()
+    };
+    let pair = start_pair(o, None);
+    wait_normal(&pair);
+    let body = r#"{"script":"k","signals":["K-*"],"config":{"to":"changed@example.org"}}"#;
+    let a = request(
+        "PUT",
+        pair.p.admin(),
+        "/api/v1/rules/k",
+        Some("admin"),
+        body.as_bytes(),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    wait_until("the change on the secondary", WAIT, || {
+        get(pair.s.admin(), "/api/v1/rules/k", Some("admin")).json()["config"]["to"]
+            == "changed@example.org"
+    });
+    drop(pair);
+
+    // Different table_sync_types on the two nodes: refused, with both lists.
+    let o = Opts {
+        sync_types: "[\"contact\"]",
+        ..opts()
+    };
+    let pair = start_pair(o, None);
+    wait_normal(&pair);
+    // Make the secondary disagree by restarting it with another list.
+    let cfg = std::fs::read_to_string(&pair.s.config).expect("config");
+    std::fs::write(
+        &pair.s.config,
+        cfg.replace(
+            "table_sync_types = [\"contact\"]",
+            "table_sync_types = [\"device\"]",
+        ),
+    )
+    .expect("write");
+    let mut pair = pair;
+    pair.s.restart();
+    wait_normal(&pair);
+    let a = post(pair.p.admin(), "/api/v1/sync", Some("admin"), "");
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("table_sync_types differ")),
+        "{}",
+        a.body
+    );
+}

@@ -177,6 +177,7 @@ pub struct Node {
     delivery_wake: tokio::sync::Notify,
     exec_seq: tokio::sync::watch::Sender<u64>,
     sync_gen: AtomicU64,
+    tables_changed: tokio::sync::Notify,
     admin_url: OnceLock<String>,
     started: Instant,
 }
@@ -210,6 +211,7 @@ impl Node {
             delivery_wake: tokio::sync::Notify::new(),
             exec_seq: tokio::sync::watch::channel(last_seq).0,
             sync_gen: AtomicU64::new(sync_gen),
+            tables_changed: tokio::sync::Notify::new(),
             admin_url: OnceLock::new(),
             started: Instant::now(),
         }))
@@ -639,6 +641,17 @@ impl Node {
             .map_or(Duration::ZERO, |f| f.import_delay)
     }
 
+    /// Say that synced tables changed here (rules through the API or the
+    /// rules directory): `sync_on_change` syncs shortly after.
+    pub fn note_tables_changed(&self) {
+        self.tables_changed.notify_one();
+    }
+
+    /// Resolves at the next [`Node::note_tables_changed`].
+    pub async fn synced_tables_changed(&self) {
+        self.tables_changed.notified().await;
+    }
+
     /// Record a table-sync generation.
     pub fn set_sync_generation(&self, g: u64) {
         self.sync_gen.fetch_max(g, Ordering::Relaxed);
@@ -657,6 +670,9 @@ impl Node {
             .await
             .map_err(|e| NodeError::Task(e.to_string()))??;
         add(&self.metrics.reloads, 1);
+        if !summary.loaded.is_empty() || !summary.removed.is_empty() {
+            self.note_tables_changed();
+        }
         add(&self.metrics.reload_failures, summary.errors.len() as u64);
         for e in &summary.errors {
             tracing::error!("reload: {e}");

@@ -9,6 +9,7 @@
 //! - [`signature`]: the HMAC on internal calls (method, path, timestamp,
 //!   nonce, body sha256).
 
+pub mod schedule;
 pub mod snapshot;
 pub mod transfer;
 

@@ -347,3 +347,104 @@ pub async fn receive(
         }
     }
 }
+
+const DAILY_KEY: &str = "sync.daily.last";
+
+/// The primary's sync triggers: daily at `table_sync_time`, and shortly
+/// after a change to synced tables when `sync_on_change` is set. Runs
+/// until `stop`.
+pub async fn run_triggers(node: Arc<Node>, failover: Handle, stop: crate::shutdown::Listener) {
+    let Some(cfg) = node.config().failover.clone() else {
+        return;
+    };
+    if cfg.role != PairRole::Primary {
+        return;
+    }
+    let daily = cfg
+        .table_sync_time
+        .as_deref()
+        .and_then(super::schedule::parse_time);
+    let tz = match super::schedule::zone(node.config().node.timezone.as_deref()) {
+        Ok(tz) => tz,
+        Err(e) => {
+            tracing::error!("daily table sync disabled: {e}");
+            return;
+        }
+    };
+    let stop = stop.wait();
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(
+        cfg.check_interval
+            .max(std::time::Duration::from_millis(500)),
+    );
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+            _ = node.synced_tables_changed(), if cfg.sync_on_change => {
+                // Debounce: let a burst of changes settle.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                match sync_now(&node, &failover, false).await {
+                    Ok(r) => tracing::info!(generation = r.generation, "table sync after a change"),
+                    Err(e) => tracing::warn!("table sync after a change: {e}"),
+                }
+                continue;
+            }
+        }
+        let Some(at) = daily else { continue };
+        let now = jiff::Timestamp::now();
+        let last: Option<i64> = node
+            .store()
+            .read(|c| {
+                Ok(rusqlite::OptionalExtension::optional(c.query_row(
+                    "SELECT value FROM settings WHERE key = ?1",
+                    [DAILY_KEY],
+                    |r| r.get::<_, String>(0),
+                ))?
+                .and_then(|v| v.parse().ok()))
+            })
+            .await
+            .unwrap_or(None);
+        let last = match last {
+            Some(ms) => jiff::Timestamp::from_millisecond(ms).ok(),
+            None => {
+                // A new node: nothing was due before it existed.
+                if let Some(t) = super::schedule::latest(now, at, &tz) {
+                    mark_daily(&node, t).await;
+                }
+                continue;
+            }
+        };
+        let Some(due) = super::schedule::due(now, last, at, &tz) else {
+            continue;
+        };
+        match sync_now(&node, &failover, false).await {
+            Ok(r) => {
+                tracing::info!(generation = r.generation, "daily table sync done");
+                mark_daily(&node, due).await;
+            }
+            // Waiting for the secondary: try again at the next check.
+            Err(SyncError::Precondition(why))
+                if why.contains("connected") || why.contains("Ready") => {}
+            Err(e) => {
+                tracing::error!("daily table sync: {e}");
+                mark_daily(&node, due).await;
+            }
+        }
+    }
+}
+
+async fn mark_daily(node: &Node, t: jiff::Timestamp) {
+    let ms = t.as_millisecond();
+    let _ = node
+        .store()
+        .write(move |c| {
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![DAILY_KEY, ms.to_string()],
+            )?;
+            Ok(())
+        })
+        .await;
+}
