@@ -270,3 +270,95 @@ fn sync_on_change_follows_a_rule_change_and_a_types_mismatch_is_refused() {
         a.body
     );
 }
+
+#[test]
+fn pull_restores_an_emptied_primary_and_import_loads_a_standalone_node() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = start_pair(opts(), None);
+    wait_normal(&pair);
+    rusqlite::Connection::open(pair.p.db())
+        .expect("db")
+        .execute_batch(
+            "INSERT INTO person (id, name, address) VALUES (1, 'ann', 'a@x'), (2, 'bob', 'b@x');",
+        )
+        .expect("contacts");
+    assert_eq!(
+        post(pair.p.admin(), "/api/v1/sync", Some("admin"), "").status,
+        200
+    );
+    let expected = people(&pair.s);
+    assert_eq!(expected.len(), 2);
+
+    // The primary is rebuilt: its data is gone.
+    pair.p.kill9();
+    std::fs::remove_dir_all(pair.p.dir.join("data")).expect("wipe");
+    let config = pair.p.config.to_str().expect("utf-8").to_owned();
+    let r = tandem_tests::tandem(&["sync", "pull", "--config", &config]);
+    assert!(r.status.success(), "{r:?}");
+    assert_eq!(people(&pair.p), expected, "the primary's tables are back");
+    pair.p.restart();
+    wait_normal(&pair);
+    // The numbering goes on above the secondary's generation.
+    let a = post(pair.p.admin(), "/api/v1/sync", Some("admin"), "");
+    assert_eq!(
+        (a.status, a.json()["generation"].as_i64()),
+        (200, Some(2)),
+        "{}",
+        a.body
+    );
+
+    // A snapshot of the secondary, loaded into a standalone node.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = dir.path().join("backup.snapshot");
+    let s_config = pair.s.config.to_str().expect("utf-8").to_owned();
+    let r = tandem_tests::tandem(&[
+        "sync",
+        "export",
+        "--config",
+        &s_config,
+        "--format",
+        "snapshot",
+        "-o",
+        snap.to_str().expect("utf-8"),
+    ]);
+    assert!(r.status.success(), "{r:?}");
+    let standalone = tandem_tests::node::write_config(dir.path(), "solo", "");
+    let r = tandem_tests::tandem(&[
+        "sync",
+        "import",
+        "--config",
+        standalone.to_str().expect("utf-8"),
+        snap.to_str().expect("utf-8"),
+    ]);
+    assert!(r.status.success(), "{r:?}");
+    assert!(r.stdout.contains("person: 2 rows"), "{}", r.stdout);
+    let r = tandem_tests::tandem(&[
+        "sync",
+        "import",
+        "--config",
+        standalone.to_str().expect("utf-8"),
+        snap.to_str().expect("utf-8"),
+    ]);
+    assert!(!r.status.success(), "the same snapshot twice is a replay");
+    assert!(r.stderr.contains("not newer"), "{}", r.stderr);
+    // The readable dump.
+    let sql = dir.path().join("dump.sql");
+    let r = tandem_tests::tandem(&[
+        "sync",
+        "export",
+        "--config",
+        &s_config,
+        "--types",
+        "contact",
+        "-o",
+        sql.to_str().expect("utf-8"),
+    ]);
+    assert!(r.status.success(), "{r:?}");
+    let text = std::fs::read_to_string(&sql).expect("dump");
+    assert!(
+        text.contains(
+            "INSERT INTO person (id, name, address, addresses) VALUES (1, 'ann', 'a@x', '{}');"
+        ),
+        "{text}"
+    );
+}

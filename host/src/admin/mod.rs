@@ -64,6 +64,7 @@ pub fn app(node: Arc<Node>, failover: Option<Failover>) -> Router {
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .route(crate::sync::transfer::PATH, post(internal_sync))
+        .route(crate::sync::transfer::PULL_PATH, get(internal_pull))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(Extension(failover))
         .with_state(node)
@@ -615,18 +616,32 @@ async fn internal_sync(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Json<crate::sync::SyncStats>, ApiError> {
-    use crate::sync::SyncError;
-    use crate::sync::transfer::ReceiveError;
     crate::sync::transfer::receive(&node, &headers, body)
         .await
         .map(Json)
-        .map_err(|e| match e {
-            ReceiveError::Unauthorized(m) => ApiError::unauthorized(m),
-            ReceiveError::TooLarge(m) => ApiError::too_large(m),
-            ReceiveError::WrongRole(m) => ApiError::new(StatusCode::CONFLICT, "wrong_role", m),
-            ReceiveError::Sync(SyncError::Store(s)) => s.into(),
-            ReceiveError::Sync(e) => ApiError::bad_request("refused", e.to_string()),
-        })
+        .map_err(receive_error)
+}
+
+fn receive_error(e: crate::sync::transfer::ReceiveError) -> ApiError {
+    use crate::sync::SyncError;
+    use crate::sync::transfer::ReceiveError;
+    match e {
+        ReceiveError::Unauthorized(m) => ApiError::unauthorized(m),
+        ReceiveError::TooLarge(m) => ApiError::too_large(m),
+        ReceiveError::WrongRole(m) => ApiError::new(StatusCode::CONFLICT, "wrong_role", m),
+        ReceiveError::Sync(SyncError::Store(s)) => s.into(),
+        ReceiveError::Sync(e) => ApiError::bad_request("refused", e.to_string()),
+    }
+}
+
+async fn internal_pull(
+    State(node): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let bytes = crate::sync::transfer::serve_pull(&node, &headers)
+        .await
+        .map_err(receive_error)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 /// 409 when this node is a secondary and `rule` tables are synced to it.

@@ -34,6 +34,22 @@ pub enum SyncCommand {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
+    /// Load a snapshot into a standalone node's database (stop the node
+    /// first), with every check of a sync import.
+    Import {
+        /// The node's config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The snapshot (`sync export --format snapshot`).
+        file: PathBuf,
+    },
+    /// On a rebuilt primary (stopped): import the secondary's synced
+    /// tables, and continue the generation numbering above its own.
+    Pull {
+        /// The primary's config (its `peer_admin` and `secret` are used).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// Export formats.
@@ -58,7 +74,94 @@ pub fn run(cmd: SyncCommand) -> anyhow::Result<()> {
             format,
             output,
         } => export(&config, &types, format, &output),
+        SyncCommand::Import { config, file } => import(&config, &file),
+        SyncCommand::Pull { config } => pull(&config),
     }
+}
+
+fn print_stats(stats: &crate::sync::SyncStats) {
+    println!("imported generation {}", stats.generation);
+    for (table, rows) in &stats.rows {
+        println!("  {table}: {rows} rows");
+    }
+}
+
+fn import(config: &std::path::Path, file: &std::path::Path) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(config)?;
+    if config.role != crate::config::Role::Standalone {
+        bail!(
+            "sync import is for a standalone node; a pair's secondary imports through `sync now` on its primary"
+        );
+    }
+    let store = crate::store::Store::open(&config.node.data_dir)?;
+    let input = std::io::BufReader::new(
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+    );
+    let stats = store.write_blocking(|c| {
+        Ok(crate::sync::import(
+            c,
+            input,
+            &["all".to_owned()],
+            crate::sync::transfer::MAX_RAW,
+            &|| {},
+        ))
+    })??;
+    print_stats(&stats);
+    Ok(())
+}
+
+fn pull(config: &std::path::Path) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(config)?;
+    let Some(f) = config
+        .failover
+        .clone()
+        .filter(|f| f.role == crate::failover::machine::PairRole::Primary)
+    else {
+        bail!("sync pull runs on the primary of a pair");
+    };
+    let Some(peer) = f.peer_admin.clone() else {
+        bail!("[failover] peer_admin is needed to reach the secondary");
+    };
+    let path = crate::sync::transfer::PULL_PATH;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bytes = rt.block_on(async {
+        let mut req = reqwest::Client::new().get(format!("{}{path}", peer.trim_end_matches('/')));
+        for (k, v) in crate::sync::transfer::sign_headers(&f.secret, "GET", path, b"") {
+            req = req.header(k, v);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {peer}"))?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if !status.is_success() {
+            bail!("{status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(body)
+    })?;
+    let store = crate::store::Store::open(&config.node.data_dir)?;
+    // A rebuilt primary may hold a generation at or above the secondary's:
+    // start over below it, the pulled one becomes the last.
+    let stats = store.write_blocking(|c| {
+        crate::sync::set_generation(c, 0)
+            .map_err(|e| crate::store::StoreError::Invalid(e.to_string()))?;
+        Ok(crate::sync::import(
+            c,
+            &bytes[..],
+            &f.table_sync_types,
+            crate::sync::transfer::MAX_RAW,
+            &|| {},
+        ))
+    })??;
+    print_stats(&stats);
+    println!(
+        "pulled from {peer}; the next sync numbers above generation {}",
+        stats.generation
+    );
+    Ok(())
 }
 
 fn sql_literal(v: &SqlValue) -> String {
@@ -88,7 +191,8 @@ fn export(
     let file = std::io::BufWriter::new(
         std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?,
     );
-    let generation = crate::sync::last_generation(&conn)?;
+    // A new generation: a snapshot taken now is newer than any imported.
+    let generation = crate::sync::last_generation(&conn)? + 1;
     match format {
         Format::Snapshot => {
             let (mut file, stats) =

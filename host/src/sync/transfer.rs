@@ -238,28 +238,6 @@ pub async fn receive(
             "only a secondary imports snapshots".into(),
         ));
     }
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let (Some(ts), Some(nonce), Some(sig)) = (
-        header("x-tandem-timestamp"),
-        header("x-tandem-nonce"),
-        header("x-tandem-signature"),
-    ) else {
-        return Err(ReceiveError::Unauthorized("unsigned internal call".into()));
-    };
-    let ts: i64 = ts
-        .parse()
-        .map_err(|_| ReceiveError::Unauthorized("bad timestamp".into()))?;
-    let now = now_ms();
-    if (now - ts).abs() > MAX_SKEW_MS {
-        return Err(ReceiveError::Unauthorized(
-            "timestamp more than 5 minutes from this node's clock".into(),
-        ));
-    }
     // 1. The body to a temporary file, under a size cap, hashing as it goes.
     let path = node.config().node.data_dir.join("sync-import.tmp");
     let mut file = std::fs::File::create(&path).map_err(|e| SyncError::Snapshot(e.into()))?;
@@ -281,26 +259,11 @@ pub async fn receive(
             .map_err(|e| SyncError::Snapshot(e.into()))?;
     }
     drop(file);
-    // 2. The signature, and a nonce not seen before.
-    if !super::verify(
-        cfg.secret.as_bytes(),
-        "POST",
-        PATH,
-        ts,
-        &nonce,
-        &hasher.finalize(),
-        &sig,
-    ) {
+    // 2. The signature (over the body's sha256), the timestamp window and
+    // a nonce not seen before.
+    if let Err(e) = check_signed(&cfg.secret, "POST", PATH, headers, &hasher.finalize()) {
         let _ = std::fs::remove_file(&path);
-        return Err(ReceiveError::Unauthorized(
-            "bad signature (not signed with the pair secret, or altered)".into(),
-        ));
-    }
-    if !fresh_nonce(&nonce, now) {
-        let _ = std::fs::remove_file(&path);
-        return Err(ReceiveError::Unauthorized(
-            "nonce already seen (a replayed call)".into(),
-        ));
+        return Err(e);
     }
     // 3. The import: generation, decompression cap, tables, columns, one
     // transaction.
@@ -447,4 +410,125 @@ async fn mark_daily(node: &Node, t: jiff::Timestamp) {
             Ok(())
         })
         .await;
+}
+
+/// The path a rebuilt primary pulls the secondary's tables from.
+pub const PULL_PATH: &str = "/internal/v1/snapshot";
+
+/// Sign a body-less internal call: (timestamp, nonce, signature) headers.
+pub fn sign_headers(
+    secret: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> [(&'static str, String); 3] {
+    let ts = now_ms();
+    let mut nonce = [0u8; 16];
+    let _ = getrandom::fill(&mut nonce);
+    let nonce = hex::encode(nonce);
+    let sig = super::signature(
+        secret.as_bytes(),
+        method,
+        path,
+        ts,
+        &nonce,
+        &Sha256::digest(body),
+    );
+    [
+        ("x-tandem-timestamp", ts.to_string()),
+        ("x-tandem-nonce", nonce),
+        ("x-tandem-signature", sig),
+    ]
+}
+
+/// Check a signed call's headers (timestamp window, nonce, signature).
+pub fn check_signed(
+    secret: &str,
+    method: &str,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    body_sha256: &[u8],
+) -> Result<(), ReceiveError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (Some(ts), Some(nonce), Some(sig)) = (
+        header("x-tandem-timestamp"),
+        header("x-tandem-nonce"),
+        header("x-tandem-signature"),
+    ) else {
+        return Err(ReceiveError::Unauthorized("unsigned internal call".into()));
+    };
+    let ts: i64 = ts
+        .parse()
+        .map_err(|_| ReceiveError::Unauthorized("bad timestamp".into()))?;
+    let now = now_ms();
+    if (now - ts).abs() > MAX_SKEW_MS {
+        return Err(ReceiveError::Unauthorized(
+            "timestamp more than 5 minutes from this node's clock".into(),
+        ));
+    }
+    if !super::verify(
+        secret.as_bytes(),
+        method,
+        path,
+        ts,
+        &nonce,
+        body_sha256,
+        &sig,
+    ) {
+        return Err(ReceiveError::Unauthorized(
+            "bad signature (not signed with the pair secret, or altered)".into(),
+        ));
+    }
+    if !fresh_nonce(&nonce, now) {
+        return Err(ReceiveError::Unauthorized(
+            "nonce already seen (a replayed call)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The secondary's side of `tandem sync pull`: a snapshot of its synced
+/// tables, at the generation it last imported.
+pub async fn serve_pull(
+    node: &Arc<Node>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Vec<u8>, ReceiveError> {
+    let Some(cfg) = node.config().failover.clone() else {
+        return Err(ReceiveError::WrongRole("this node is standalone".into()));
+    };
+    if cfg.role != PairRole::Secondary {
+        return Err(ReceiveError::WrongRole(
+            "only a secondary serves its tables to a rebuilt primary".into(),
+        ));
+    }
+    check_signed(&cfg.secret, "GET", PULL_PATH, headers, &Sha256::digest(b""))?;
+    let (n2, types, name) = (
+        node.clone(),
+        cfg.table_sync_types.clone(),
+        node.config().node.name.clone(),
+    );
+    let generation = node.sync_generation();
+    tokio::task::spawn_blocking(move || {
+        n2.store()
+            .read_blocking(|c| {
+                Ok(super::export(
+                    c,
+                    &types,
+                    generation.max(1),
+                    &name,
+                    true,
+                    Vec::new(),
+                ))
+            })
+            .map_err(SyncError::Store)?
+            .map(|(bytes, _)| bytes)
+    })
+    .await
+    .map_err(|e| ReceiveError::Sync(SyncError::Peer(e.to_string())))?
+    .map_err(ReceiveError::Sync)
 }
