@@ -362,3 +362,57 @@ fn pull_restores_an_emptied_primary_and_import_loads_a_standalone_node() {
         "{text}"
     );
 }
+
+#[test]
+fn an_unchanged_rule_keeps_its_state_across_a_sync() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = opts();
+    o.rules.push(("t", "threshold", "signals = [\"SENSOR-*\"]\n[config]\nabove = 50\ncount = 2\nto = \"facilities@example.org\"\n"));
+    let pair = start_pair(o, None);
+    wait_normal(&pair);
+    assert_eq!(
+        post(pair.p.admin(), "/api/v1/sync", Some("admin"), "").status,
+        200
+    );
+    assert_eq!(
+        post(pair.p.admin(), "/api/v1/switchover", Some("admin"), "").status,
+        200
+    );
+    wait_until("S active", WAIT, || status(&pair.s).0 == 200);
+    let reading = |v: i64, key: &str| {
+        let body = format!(
+            r#"{{"name":"SENSOR-1","source":"t1","key":"{key}","fields":{{"value":{v}}}}}"#
+        );
+        post(pair.s.admin(), "/api/v1/signals", Some("ingest"), &body).json()
+    };
+    assert_eq!(reading(60, "r1")["accepted"][0]["executed"], true);
+    // Another rule changes on the primary and is synced.
+    let body = r#"{"script":"k","signals":["K-*"],"config":{"to":"third@example.org"}}"#;
+    assert_eq!(
+        request(
+            "PUT",
+            pair.p.admin(),
+            "/api/v1/rules/k",
+            Some("admin"),
+            body.as_bytes()
+        )
+        .status,
+        200
+    );
+    let a = post(pair.p.admin(), "/api/v1/sync", Some("admin"), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        get(pair.s.admin(), "/api/v1/rules/k", Some("admin")).json()["config"]["to"],
+        "third@example.org"
+    );
+    // The threshold rule kept its streak: the second reading completes it.
+    reading(70, "r2");
+    let got = pair.hook.wait_until(WAIT, |g| {
+        g.iter().any(|r| r.body["to"] == "facilities@example.org")
+    });
+    let n = got
+        .iter()
+        .find(|r| r.body["to"] == "facilities@example.org")
+        .expect("notified");
+    assert_eq!(n.body["signal"]["key"], "r2");
+}

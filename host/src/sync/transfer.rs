@@ -42,6 +42,43 @@ fn refuse(node: &Node, why: String) -> SyncError {
     SyncError::Precondition(why)
 }
 
+/// The preconditions of an export, in order; the error is the message.
+pub fn preconditions(
+    cfg: &crate::config::FailoverConfig,
+    view: &crate::failover::View,
+    version: &str,
+) -> Result<(), String> {
+    let Some(peer) = view.peer.as_ref().filter(|_| view.link_up) else {
+        return Err("no secondary connected".into());
+    };
+    let ours = super::normalise(&cfg.table_sync_types);
+    let theirs = super::normalise(&peer.sync_types);
+    if ours != theirs {
+        return Err(format!(
+            "table_sync_types differ (primary {ours:?}, secondary {theirs:?})"
+        ));
+    }
+    if peer.version != version {
+        return Err(format!(
+            "version mismatch (primary {version}, secondary {})",
+            peer.version
+        ));
+    }
+    if peer.node != cfg.secondary {
+        return Err(format!(
+            "identity pair differs (secondary is `{}`, expected `{}`)",
+            peer.node, cfg.secondary
+        ));
+    }
+    if !view.ready {
+        return Err("the primary is not Ready yet (startup_delay)".into());
+    }
+    if !peer.ready {
+        return Err("the secondary is not Ready yet (startup_delay)".into());
+    }
+    Ok(())
+}
+
 /// Run a sync now, from the primary. Every refusal is recorded in
 /// `sync_log` and names what is wrong.
 pub async fn sync_now(
@@ -61,48 +98,12 @@ pub async fn sync_now(
         ));
     }
     let view = failover.view();
-    let Some(peer) = view.peer.clone().filter(|_| view.link_up) else {
+    if let Err(why) = preconditions(&cfg, &view, env!("CARGO_PKG_VERSION")) {
+        return Err(refuse(node, why));
+    }
+    let Some(peer) = view.peer.clone() else {
         return Err(refuse(node, "no secondary connected".into()));
     };
-    let ours = super::normalise(&cfg.table_sync_types);
-    let theirs = super::normalise(&peer.sync_types);
-    if ours != theirs {
-        return Err(refuse(
-            node,
-            format!("table_sync_types differ (primary {ours:?}, secondary {theirs:?})"),
-        ));
-    }
-    let version = env!("CARGO_PKG_VERSION");
-    if peer.version != version {
-        return Err(refuse(
-            node,
-            format!(
-                "version mismatch (primary {version}, secondary {})",
-                peer.version
-            ),
-        ));
-    }
-    if peer.node != cfg.secondary {
-        return Err(refuse(
-            node,
-            format!(
-                "identity pair differs (secondary is `{}`, expected `{}`)",
-                peer.node, cfg.secondary
-            ),
-        ));
-    }
-    if !view.ready {
-        return Err(refuse(
-            node,
-            "the primary is not Ready yet (startup_delay)".into(),
-        ));
-    }
-    if !peer.ready {
-        return Err(refuse(
-            node,
-            "the secondary is not Ready yet (startup_delay)".into(),
-        ));
-    }
     let Some(admin) = view.peer_admin.clone().or(peer.admin.clone()) else {
         return Err(refuse(
             node,
@@ -531,4 +532,96 @@ pub async fn serve_pull(
     .await
     .map_err(|e| ReceiveError::Sync(SyncError::Peer(e.to_string())))?
     .map_err(ReceiveError::Sync)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::peer::PeerView;
+
+    fn cfg() -> crate::config::FailoverConfig {
+        let text = "[node]\nname = \"p\"\n[failover]\nrole = \"primary\"\nprimary = \"p\"\nsecondary = \"s\"\n\
+                    peer = \"127.0.0.1:1\"\nsecret = \"x\"\nstartup_delay = \"1s\"\ntimeout = \"1s\"\n\
+                    check_interval = \"100ms\"\ntable_sync_types = [\"rule\", \"contact\"]\n[failover.advanced]\nlab_timings = true\n";
+        crate::config::Config::parse(text)
+            .unwrap()
+            .failover
+            .unwrap()
+    }
+
+    fn view() -> crate::failover::View {
+        crate::failover::View {
+            role: PairRole::Primary,
+            fs: 1,
+            epoch: 0,
+            active: true,
+            fenced: false,
+            ready: true,
+            link_up: true,
+            peer_name: "s".into(),
+            peer_link: None,
+            peer_admin: None,
+            peer: Some(PeerView {
+                node: "s".into(),
+                sync_types: vec!["contact".into(), "rule".into()],
+                sync_generation: 0,
+                fs: 2,
+                epoch: 0,
+                ready: true,
+                version: "0.3.0".into(),
+                admin: None,
+            }),
+            last_heartbeat: None,
+            failback: "auto",
+            failover_open: false,
+            absorbed_seq: 0,
+            peer_absorbed_seq: 0,
+        }
+    }
+
+    #[test]
+    fn each_precondition_has_its_own_message() {
+        let c = cfg();
+        assert_eq!(preconditions(&c, &view(), "0.3.0"), Ok(()));
+        let mut v = view();
+        v.link_up = false;
+        assert_eq!(
+            preconditions(&c, &v, "0.3.0").unwrap_err(),
+            "no secondary connected"
+        );
+        let mut v = view();
+        v.peer.as_mut().unwrap().sync_types = vec!["all".into()];
+        assert!(
+            preconditions(&c, &v, "0.3.0")
+                .unwrap_err()
+                .starts_with("table_sync_types differ")
+        );
+        let mut v = view();
+        v.peer.as_mut().unwrap().version = "0.2.1".into();
+        assert_eq!(
+            preconditions(&c, &v, "0.3.0").unwrap_err(),
+            "version mismatch (primary 0.3.0, secondary 0.2.1)"
+        );
+        let mut v = view();
+        v.peer.as_mut().unwrap().node = "other".into();
+        assert!(
+            preconditions(&c, &v, "0.3.0")
+                .unwrap_err()
+                .starts_with("identity pair differs")
+        );
+        let mut v = view();
+        v.ready = false;
+        assert!(
+            preconditions(&c, &v, "0.3.0")
+                .unwrap_err()
+                .contains("primary is not Ready")
+        );
+        let mut v = view();
+        v.peer.as_mut().unwrap().ready = false;
+        assert!(
+            preconditions(&c, &v, "0.3.0")
+                .unwrap_err()
+                .contains("secondary is not Ready")
+        );
+    }
 }
