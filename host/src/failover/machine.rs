@@ -382,6 +382,18 @@ impl Machine {
         fx.push(Effect::Reply(reply));
     }
 
+    /// Become active: store FS=1 (and the epoch) first, then open the gate.
+    fn activate(&mut self, fx: &mut Vec<Effect>) {
+        self.fs = Fs::Active;
+        self.fenced = false;
+        fx.push(Effect::Persist {
+            fs: Fs::Active,
+            epoch: self.epoch,
+        });
+        self.gate_open = true;
+        fx.push(Effect::OpenGate);
+    }
+
     /// Give the active role to the peer (we are active, it is standby).
     fn hand_over(&mut self, fx: &mut Vec<Effect>) {
         if self.settings.role == PairRole::Secondary {
@@ -424,14 +436,7 @@ impl Machine {
                 reason: Reason::Switchover,
             });
         }
-        self.fs = Fs::Active;
-        self.fenced = false;
-        fx.push(Effect::Persist {
-            fs: Fs::Active,
-            epoch: self.epoch,
-        });
-        self.gate_open = true;
-        fx.push(Effect::OpenGate);
+        self.activate(fx);
         if self.settings.role == PairRole::Secondary {
             fx.push(Effect::RaiseOn {
                 reason: Reason::Switchover,
@@ -481,13 +486,7 @@ impl Machine {
                     Reason::NeverHeard
                 };
                 self.epoch += 1;
-                self.fs = Fs::Active;
-                fx.push(Effect::Persist {
-                    fs: Fs::Active,
-                    epoch: self.epoch,
-                });
-                self.gate_open = true;
-                fx.push(Effect::OpenGate);
+                self.activate(fx);
                 self.failover_open = true;
                 fx.push(Effect::FailoverStarted { reason });
                 fx.push(Effect::RaiseOn {
@@ -537,14 +536,7 @@ impl Machine {
         let alone_too_long = !self.link_up
             && self.now.saturating_sub(self.last_heard.unwrap_or(0)) >= self.settings.primary_grace;
         if peer_standby || alone_too_long {
-            self.fs = Fs::Active;
-            self.fenced = false;
-            fx.push(Effect::Persist {
-                fs: Fs::Active,
-                epoch: self.epoch,
-            });
-            self.gate_open = true;
-            fx.push(Effect::OpenGate);
+            self.activate(fx);
             // Alone, the primary cannot know what the secondary ran last:
             // as at a takeover, only recent signals. With a standby peer
             // linked, its executed keys arrived before this point.

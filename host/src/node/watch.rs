@@ -130,13 +130,7 @@ pub async fn sync_dir(node: &Arc<Node>, dir: &Path) -> Result<bool, StoreError> 
     node.store()
         .write(move |c| {
             let tx = c.transaction()?;
-            let before: BTreeSet<String> = tx
-                .query_row(
-                    "SELECT value FROM settings WHERE key = ?1",
-                    [SETTINGS_KEY],
-                    |r| r.get::<_, String>(0),
-                )
-                .ok()
+            let before: BTreeSet<String> = crate::store::setting::<String>(&tx, SETTINGS_KEY)?
                 .and_then(|v| serde_json::from_str(&v).ok())
                 .unwrap_or_default();
             let mut changed = false;
@@ -177,11 +171,7 @@ pub async fn sync_dir(node: &Arc<Node>, dir: &Path) -> Result<bool, StoreError> 
                 }
             }
             let list = serde_json::to_string(&present).unwrap_or_else(|_| "[]".into());
-            tx.execute(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                rusqlite::params![SETTINGS_KEY, list],
-            )?;
+            crate::store::set_setting(&tx, SETTINGS_KEY, list)?;
             tx.commit()?;
             Ok(changed)
         })

@@ -47,24 +47,12 @@ pub struct CopiedNotification {
 
 /// The last event id the peer acknowledged.
 pub fn last_copied(conn: &Connection) -> Result<i64, StoreError> {
-    let v: Option<String> = conn
-        .query_row(
-            "SELECT value FROM settings WHERE key = ?1",
-            [LAST_KEY],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(super::setting(conn, LAST_KEY)?.unwrap_or(0))
 }
 
 /// Remember what the peer acknowledged.
 pub fn set_last_copied(conn: &Connection, id: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO settings (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![LAST_KEY, id.to_string()],
-    )?;
-    Ok(())
+    super::set_setting(conn, LAST_KEY, id)
 }
 
 /// The next batch: this node's executed events after `after`, with their

@@ -56,25 +56,13 @@ const NEXT_ID_KEY: &str = "event_log.next_id";
 /// from them, are never reused).
 pub fn next_id(conn: &Connection) -> Result<u64, StoreError> {
     let max: Option<i64> = conn.query_row("SELECT max(id) FROM event_log", [], |r| r.get(0))?;
-    let stored: Option<String> = conn
-        .query_row(
-            "SELECT value FROM settings WHERE key = ?1",
-            [NEXT_ID_KEY],
-            |r| r.get(0),
-        )
-        .ok();
-    let stored = stored.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let stored: u64 = super::setting(conn, NEXT_ID_KEY)?.unwrap_or(0);
     Ok((max.unwrap_or(0).max(0) as u64 + 1).max(stored))
 }
 
 /// Remember that ids below `next` are used (inside the ingest transaction).
 pub fn save_next_id(tx: &Transaction<'_>, next: u64) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO settings (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute(params![NEXT_ID_KEY, next.to_string()])?;
-    Ok(())
+    super::set_setting(tx, NEXT_ID_KEY, next)
 }
 
 /// An event as the API shows it.

@@ -51,14 +51,7 @@ pub fn after(conn: &Connection, seq: u64, limit: u32) -> Result<Vec<(u64, String
 
 /// The last execution number of the peer this node has recorded.
 pub fn absorbed(conn: &Connection) -> Result<u64, StoreError> {
-    let v: Option<String> = conn
-        .query_row(
-            "SELECT value FROM settings WHERE key = ?1",
-            [ABSORBED_KEY],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(super::setting(conn, ABSORBED_KEY)?.unwrap_or(0))
 }
 
 /// Store the peer's executed keys as tombstones, mark matching pending
@@ -82,11 +75,7 @@ pub fn absorb(conn: &mut Connection, keys: &[(u64, String)]) -> Result<u64, Stor
             top = top.max(*seq);
         }
     }
-    tx.execute(
-        "INSERT INTO settings (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![ABSORBED_KEY, top.to_string()],
-    )?;
+    super::set_setting(&tx, ABSORBED_KEY, top)?;
     tx.commit()?;
     Ok(top)
 }

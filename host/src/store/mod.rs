@@ -139,6 +139,34 @@ impl Store {
     }
 }
 
+/// A node-local setting (`settings` table), parsed; `None` when unset or
+/// unparsable.
+pub fn setting<T: std::str::FromStr>(
+    conn: &Connection,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let v: Option<String> = conn
+        .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()))
+}
+
+/// Set a node-local setting.
+pub fn set_setting(
+    conn: &Connection,
+    key: &str,
+    value: impl std::fmt::Display,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(rusqlite::params![key, value.to_string()])?;
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use hmac::{Hmac, Mac};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 use sha2::Sha256;
 
@@ -178,14 +178,7 @@ const GENERATION_KEY: &str = "sync.generation";
 
 /// The last generation imported (or exported, on a primary).
 pub fn last_generation(conn: &Connection) -> Result<u64, SyncError> {
-    let v: Option<String> = conn
-        .query_row(
-            "SELECT value FROM settings WHERE key = ?1",
-            [GENERATION_KEY],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(crate::store::setting(conn, GENERATION_KEY)?.unwrap_or(0))
 }
 
 /// [`last_generation`] with the store's error type.
@@ -195,12 +188,7 @@ pub fn last_generation_store(conn: &Connection) -> Result<u64, crate::store::Sto
 
 /// Remember a generation.
 pub fn set_generation(conn: &Connection, g: u64) -> Result<(), SyncError> {
-    conn.execute(
-        "INSERT INTO settings (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        params![GENERATION_KEY, g.to_string()],
-    )?;
-    Ok(())
+    Ok(crate::store::set_setting(conn, GENERATION_KEY, g)?)
 }
 
 /// Record a sync in `sync_log`.

@@ -359,14 +359,7 @@ pub async fn run_triggers(node: Arc<Node>, failover: Handle, stop: crate::shutdo
         let now = jiff::Timestamp::now();
         let last: Option<i64> = node
             .store()
-            .read(|c| {
-                Ok(rusqlite::OptionalExtension::optional(c.query_row(
-                    "SELECT value FROM settings WHERE key = ?1",
-                    [DAILY_KEY],
-                    |r| r.get::<_, String>(0),
-                ))?
-                .and_then(|v| v.parse().ok()))
-            })
+            .read(|c| crate::store::setting(c, DAILY_KEY))
             .await
             .unwrap_or(None);
         let last = match last {
@@ -402,14 +395,7 @@ async fn mark_daily(node: &Node, t: jiff::Timestamp) {
     let ms = t.as_millisecond();
     let _ = node
         .store()
-        .write(move |c| {
-            c.execute(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                rusqlite::params![DAILY_KEY, ms.to_string()],
-            )?;
-            Ok(())
-        })
+        .write(move |c| crate::store::set_setting(c, DAILY_KEY, ms))
         .await;
 }
 
