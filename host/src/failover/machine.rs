@@ -495,7 +495,7 @@ impl Machine {
                     down_since: baseline,
                 });
                 fx.push(Effect::Replay {
-                    window: Some(s.replay_window),
+                    window: Some(self.settings.replay_window),
                 });
                 self.good_heartbeats = 0;
             }
