@@ -165,6 +165,22 @@ pub fn subjects(got: &[Received], needle: &str) -> usize {
         .count()
 }
 
+/// Distinct notification ids among the deliveries whose subject contains
+/// `needle` (a delivery cut short by a kill -9 is sent again under the
+/// same id).
+pub fn distinct(got: &[Received], needle: &str) -> usize {
+    got.iter()
+        .filter(|r| {
+            r.answered < 300
+                && r.body["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(needle))
+        })
+        .filter_map(|r| r.idempotency_key.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
 pub fn failovers(node: &NodeProc) -> Vec<serde_json::Value> {
     get(node.admin(), "/api/v1/failovers", Some("admin"))
         .json()

@@ -81,7 +81,7 @@ fn a_secondary_restarted_with_fs_1_stays_active_and_hands_back() {
     std::thread::sleep(Duration::from_millis(600));
     let got = pair.hook.received();
     assert_eq!(
-        subjects(&got, "offline"),
+        distinct(&got, "offline"),
         1,
         "no second FAILOVER-ON after the restart"
     );
