@@ -342,11 +342,11 @@ fn malformed_bytes_are_refused() {
     }
 }
 
-#[test]
-fn raises_stop_at_the_depth_limit() {
-    // A rule that answers every LOOP with another LOOP.
+/// A module that emits one raise of `name` on every signal, declaring
+/// `signals` as its defaults.
+fn raiser(name: &str, signals: &[&str]) -> Vec<u8> {
     let action = tandem_guest::wire::encode(&Action::Raise(tandem_guest::Raise {
-        name: "LOOP".into(),
+        name: name.into(),
         fields: Default::default(),
     }))
     .unwrap();
@@ -363,11 +363,17 @@ fn raises_stop_at_the_depth_limit() {
             (call $emit (i32.const 16) (i32.const {len}))
             (i32.const 0)))"#,
         data = wat_bytes(&action),
-        section = wat_bytes(&rmp_serde::to_vec(&["LOOP"]).unwrap()),
+        section = wat_bytes(&rmp_serde::to_vec(signals).unwrap()),
         len = action.len()
     );
+    wat::parse_str(&wat).unwrap()
+}
+
+#[test]
+fn raises_stop_at_the_depth_limit() {
+    // A rule that answers every LOOP with another LOOP.
     let e = engine();
-    let script = e.compile("looper", &wat::parse_str(&wat).unwrap()).unwrap();
+    let script = e.compile("looper", &raiser("LOOP", &["LOOP"])).unwrap();
     assert_eq!(script.default_signals(), ["LOOP"]);
     let mut rs = ruleset(&e, vec![spec("looper", &script)]);
     let o = executed(rs.dispatch(&small("LOOP").with_key("k")));
@@ -383,27 +389,8 @@ fn raises_stop_at_the_depth_limit() {
 
 #[test]
 fn host_only_names_cannot_be_raised() {
-    let action = tandem_guest::wire::encode(&Action::Raise(tandem_guest::Raise {
-        name: "FAILOVER-ON".into(),
-        fields: Default::default(),
-    }))
-    .unwrap();
-    let wat = format!(
-        r#"(module
-          (import "tandem" "emit" (func $emit (param i32 i32)))
-          (memory (export "memory") 1)
-          (data (i32.const 16) "{data}")
-          (func (export "tandem_abi_v1"))
-          (func (export "tandem_alloc") (param i32) (result i32) (i32.const 1024))
-          (func (export "tandem_free") (param i32 i32))
-          (func (export "tandem_on_signal") (param i32 i32) (result i32)
-            (call $emit (i32.const 16) (i32.const {len}))
-            (i32.const 0)))"#,
-        data = wat_bytes(&action),
-        len = action.len()
-    );
     let e = engine();
-    let script = e.compile("sneaky", &wat::parse_str(&wat).unwrap()).unwrap();
+    let script = e.compile("sneaky", &raiser("FAILOVER-ON", &["X"])).unwrap();
     let mut s = spec("sneaky", &script);
     s.signals = vec!["X".into()];
     let mut rs = ruleset(&e, vec![s]);
