@@ -466,6 +466,7 @@ impl Driver {
         let stop = stop.wait();
         tokio::pin!(stop);
         let mut executions = self.node.executions();
+        let mut stream_due: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -474,12 +475,16 @@ impl Driver {
                     self.stream().await;
                     self.copy_back().await;
                 }
-                changed = executions.changed() => {
+                // Batch what executes in the next few ms together, without
+                // holding up anything else the driver has to do meanwhile.
+                changed = executions.changed(), if stream_due.is_none() => {
                     if changed.is_ok() {
-                        // Batch what executes in the next few ms together.
-                        tokio::time::sleep(STREAM_BATCH).await;
-                        self.stream().await;
+                        stream_due = Some(tokio::time::Instant::now() + STREAM_BATCH);
                     }
+                }
+                _ = tokio::time::sleep_until(stream_due.unwrap_or_else(tokio::time::Instant::now)), if stream_due.is_some() => {
+                    stream_due = None;
+                    self.stream().await;
                 }
                 Some(ev) = events.recv() => self.on_link(ev).await,
                 Some((cmd, reply)) = commands.recv() => {
