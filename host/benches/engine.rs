@@ -13,6 +13,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,14 +24,6 @@ use failover_notify::FailoverNotify;
 use tandem_guest::testing::Harness;
 use tandem_guest::{Config, Signal};
 use tandem_host::engine::{Dispatch, Engine, EngineConfig, Gate, RuleSet, RuleSpec, Script};
-
-fn wasm(crate_name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
-    let path = dir.join(format!("wasm32-unknown-unknown/release/{crate_name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run `make rules`", path.display()))
-}
 
 fn failover_on() -> Signal {
     let s = Signal::new("FAILOVER-ON")
@@ -80,7 +74,7 @@ fn installed(engine: &Engine, specs: Vec<RuleSpec>) -> RuleSet {
 fn failover_notify(c: &mut Criterion) {
     let engine = engine();
     let script = engine
-        .compile("failover-notify", &wasm("failover_notify"))
+        .compile("failover-notify", &support::wasm("failover_notify"))
         .unwrap();
     let signal = failover_on();
     let bytes = tandem_guest::wire::encode(&signal).unwrap();
@@ -140,7 +134,7 @@ fn failover_notify(c: &mut Criterion) {
 fn fanout(c: &mut Criterion) {
     let engine = engine();
     let script = engine
-        .compile("failover-notify", &wasm("failover_notify"))
+        .compile("failover-notify", &support::wasm("failover_notify"))
         .unwrap();
     let signal = failover_on();
     let mut g = c.benchmark_group("fanout");

@@ -12,23 +12,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use support::{Running, start};
 use tandem_host::config::Config;
-use tandem_host::failover::Handle;
 use tandem_host::failover::machine::Command;
 use tandem_host::node::Node;
 
 const TIMEOUT: Duration = Duration::from_millis(1000);
-
-struct Running {
-    node: Arc<Node>,
-    handle: Handle,
-    stop: tokio::sync::oneshot::Sender<()>,
-}
 
 fn config(dir: &std::path::Path, role: &str, link: &str, failback: &str) -> Config {
     let (name, key) = if role == "primary" {
@@ -48,36 +44,6 @@ fn config(dir: &std::path::Path, role: &str, link: &str, failback: &str) -> Conf
     Config::parse(&text).unwrap()
 }
 
-fn start(rt: &tokio::runtime::Runtime, config: Config) -> Running {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    rt.spawn(async move {
-        let _ = tandem_host::server::run(
-            config,
-            async { drop(stop_rx.await) },
-            move |node, handle| {
-                ready_tx
-                    .send((node.clone(), handle.cloned().unwrap()))
-                    .unwrap();
-            },
-        )
-        .await;
-    });
-    let (node, handle) = ready_rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    Running {
-        node,
-        handle,
-        stop: stop_tx,
-    }
-}
-
-fn wasm_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into())
-        .join("wasm32-unknown-unknown/release")
-}
-
 /// A fresh pair, P active and Ready in S's eyes.
 fn pair(
     rt: &tokio::runtime::Runtime,
@@ -86,7 +52,7 @@ fn pair(
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("rules")).unwrap();
     std::fs::copy(
-        wasm_dir().join("failover_notify.wasm"),
+        support::wasm_dir().join("failover_notify.wasm"),
         dir.path().join("rules/failover_notify.wasm"),
     )
     .unwrap();
@@ -99,7 +65,7 @@ fn pair(
     let s = start(rt, config(dir.path(), "secondary", &link, failback));
     let p = start(rt, config(dir.path(), "primary", &link, failback));
     rt.block_on(
-        s.handle
+        s.failover()
             .wait_for(|v| v.link_up && v.peer.as_ref().is_some_and(|p| p.ready && p.fs == 1)),
     );
     (dir, p, s, link)
@@ -142,16 +108,16 @@ fn failover(c: &mut Criterion) {
             for _ in 0..iters {
                 let (_dir, p, s, _) = pair(&rt, "manual");
                 rt.block_on(async {
-                    assert!(p.handle.command(Command::Switchover).await.is_ok());
-                    s.handle.wait_for(|v| v.active).await;
-                    p.handle
+                    assert!(p.failover().command(Command::Switchover).await.is_ok());
+                    s.failover().wait_for(|v| v.active).await;
+                    p.failover()
                         .wait_for(|v| !v.active && v.peer.as_ref().is_some_and(|x| x.fs == 1))
                         .await;
                 });
                 let t = Instant::now();
                 rt.block_on(async {
-                    assert!(p.handle.command(Command::Failback).await.is_ok());
-                    p.handle.wait_for(|v| v.active).await;
+                    assert!(p.failover().command(Command::Failback).await.is_ok());
+                    p.failover().wait_for(|v| v.active).await;
                 });
                 total += t.elapsed();
                 let _ = s.stop.send(());
@@ -169,7 +135,7 @@ fn pending_node(rt: &tokio::runtime::Runtime, n: usize) -> (tempfile::TempDir, A
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "secondary", "127.0.0.1:0", "auto");
     let node = Node::open(config, tandem_host::engine::Gate::new(false)).unwrap();
-    let wasm = std::fs::read(wasm_dir().join("panic_button.wasm")).unwrap();
+    let wasm = std::fs::read(support::wasm_dir().join("panic_button.wasm")).unwrap();
     node.store()
         .write_blocking(|c| {
             tandem_host::store::rules::upsert_script(c, "panic", &wasm)?;
@@ -251,7 +217,7 @@ fn stream_lag(c: &mut Criterion) {
     let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (lag_tx, lag_rx) = std::sync::mpsc::channel::<Duration>();
     let r = running.clone();
-    let watch = s.handle.clone();
+    let watch = s.failover().clone();
     let sender = rt.spawn(async move {
         let mut n = 0u64;
         let mut tick = tokio::time::interval(Duration::from_millis(10));

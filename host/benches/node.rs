@@ -15,6 +15,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,14 +24,6 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use tandem_host::config::Config;
 use tandem_host::node::Node;
-
-fn wasm(crate_name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
-    let path = dir.join(format!("wasm32-unknown-unknown/release/{crate_name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run `make rules`", path.display()))
-}
 
 /// Append a custom section so the module's sha256 changes but not its code.
 fn variant(base: &[u8], n: u64) -> Vec<u8> {
@@ -145,7 +139,7 @@ fn batch(n: usize, hot_every: Option<usize>, seq: &mut u64) -> String {
 
 fn ingest(c: &mut Criterion) {
     let server = Server::start();
-    server.put_script("threshold", wasm("threshold"));
+    server.put_script("threshold", support::wasm("threshold"));
     server.put_rule(
         "threshold",
         serde_json::json!({"script": "threshold", "config": {"above": 100, "count": 1}}),
@@ -213,7 +207,7 @@ fn ingest(c: &mut Criterion) {
 
 fn reload(c: &mut Criterion) {
     let server = Server::start();
-    let base = wasm("panic_button");
+    let base = support::wasm("panic_button");
     // 100 rules, each its own script (distinct bytes, same code).
     for i in 0..100u64 {
         server.put_script(&format!("r{i:03}"), variant(&base, i));

@@ -9,12 +9,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use tandem_host::config::Config;
-use tandem_host::failover::Handle;
 use tandem_host::node::Node;
 
 fn config(dir: &std::path::Path, role: &str, link: &str) -> Config {
@@ -31,19 +31,6 @@ fn config(dir: &std::path::Path, role: &str, link: &str) -> Config {
         dir.join(name).display()
     );
     Config::parse(&text).unwrap()
-}
-
-fn start(rt: &tokio::runtime::Runtime, config: Config) -> (Arc<Node>, Handle) {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    rt.spawn(async move {
-        let _ = tandem_host::server::run(config, std::future::pending(), move |node, handle| {
-            ready_tx
-                .send((node.clone(), handle.cloned().unwrap()))
-                .unwrap();
-        })
-        .await;
-    });
-    ready_rx.recv_timeout(Duration::from_secs(60)).unwrap()
 }
 
 fn fill(node: &Node, rows: usize) {
@@ -95,13 +82,14 @@ fn main() {
         .unwrap()
         .port();
     let link = format!("127.0.0.1:{port}");
-    let (_s, s_handle) = start(&rt, config(dir.path(), "secondary", &link));
-    let (p, p_handle) = start(&rt, config(dir.path(), "primary", &link));
+    let secondary = support::start(&rt, config(dir.path(), "secondary", &link));
+    let primary = support::start(&rt, config(dir.path(), "primary", &link));
+    let (s_handle, p_handle, p) = (secondary.failover(), primary.failover(), &primary.node);
     rt.block_on(
         s_handle.wait_for(|v| v.link_up && v.ready && v.peer.as_ref().is_some_and(|p| p.ready)),
     );
     rt.block_on(p_handle.wait_for(|v| v.ready && v.peer.as_ref().is_some_and(|p| p.ready)));
-    fill(&p, 100_000);
+    fill(p, 100_000);
     let mut g = c.benchmark_group("sync");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(20))
@@ -111,7 +99,7 @@ fn main() {
     g.bench_function("100k_contact_rows", |b| {
         b.iter(|| {
             let r = rt
-                .block_on(tandem_host::sync::transfer::sync_now(&p, &p_handle, false))
+                .block_on(tandem_host::sync::transfer::sync_now(p, p_handle, false))
                 .unwrap();
             assert_eq!(r.rows["person"], 100_000);
             last = Some(r);
@@ -126,11 +114,11 @@ fn main() {
             r.bytes_raw as f64 / r.bytes_compressed.max(1) as f64
         );
     }
-    fill(&p, 1_000_000);
+    fill(p, 1_000_000);
     let before = peak_rss_kib();
     let t = Instant::now();
     let r = rt
-        .block_on(tandem_host::sync::transfer::sync_now(&p, &p_handle, false))
+        .block_on(tandem_host::sync::transfer::sync_now(p, p_handle, false))
         .unwrap();
     let took = t.elapsed();
     let growth = peak_rss_kib().saturating_sub(before);

@@ -21,6 +21,12 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
+/// A loopback port nobody listens on (yet).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 /// The `tandem` binary under test.
 pub fn tandem_bin() -> PathBuf {
     let path = std::env::var_os("TANDEM_BIN")

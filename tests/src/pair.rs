@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::http::get;
 use crate::node::{NodeProc, write_config};
-use crate::sample_wasm;
 use crate::webhook::{Received, Webhook};
+use crate::{free_port, sample_wasm};
 
 /// Pair tests share the machine's two cores: one at a time in a binary.
 pub static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -48,11 +48,6 @@ impl Default for Opts {
             sync_types: "[\"contact\"]",
         }
     }
-}
-
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 pub fn failover_section(role: &str, o: &Opts, secret: &str, link: &str) -> String {

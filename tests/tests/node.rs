@@ -21,6 +21,18 @@ fn rules_dir(dir: &Path, rules: &[(&str, &str)]) -> std::path::PathBuf {
     rules_dir
 }
 
+/// A node config with panic-button and a webhook sink on a port nobody
+/// listens on yet (`sink_extra`: more sink keys); returns the port.
+fn unreachable_sink(dir: &Path, sink_extra: &str) -> (u16, std::path::PathBuf) {
+    let port = tandem_tests::free_port();
+    let rd = rules_dir(dir, &[("panic", "panic_button")]);
+    let extra = format!(
+        "[rules]\ndir = \"{}\"\n\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/notify\"\n{sink_extra}",
+        rd.display()
+    );
+    (port, write_config(dir, "n1", &extra))
+}
+
 fn sink(hook: &Webhook) -> String {
     format!(
         "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
@@ -166,16 +178,7 @@ fn a_4xx_fails_at_once_and_raises_notify_failed() {
 fn signals_and_pending_notifications_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A port with nobody on it yet: deliveries fail and stay pending.
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-        probe.local_addr().expect("addr").port()
-    };
-    let rd = rules_dir(dir.path(), &[("panic", "panic_button")]);
-    let extra = format!(
-        "[rules]\ndir = \"{}\"\n\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/notify\"\nmax_attempts = 50\n",
-        rd.display()
-    );
-    let config = write_config(dir.path(), "n1", &extra);
+    let (port, config) = unreachable_sink(dir.path(), "max_attempts = 50\n");
     let mut node = NodeProc::start(dir.path(), &config);
     let batch: Vec<String> = (0..20)
         .map(|i| format!(r#"{{"name":"PANIC-{i}","key":"k{i}"}}"#))
@@ -211,16 +214,7 @@ fn signals_and_pending_notifications_survive_kill_9() {
 #[test]
 fn a_notification_older_than_max_age_expires_unsent() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-        probe.local_addr().expect("addr").port()
-    };
-    let rd = rules_dir(dir.path(), &[("panic", "panic_button")]);
-    let extra = format!(
-        "[rules]\ndir = \"{}\"\n\n[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/notify\"\nmax_age = \"1s\"\nmax_attempts = 100\n",
-        rd.display()
-    );
-    let config = write_config(dir.path(), "n1", &extra);
+    let (_, config) = unreachable_sink(dir.path(), "max_age = \"1s\"\nmax_attempts = 100\n");
     let node = NodeProc::start(dir.path(), &config);
     send(&node, r#"{"name":"PANIC-1","key":"old"}"#);
     wait_api("the row to expire", || {

@@ -91,6 +91,20 @@ fn every_type_syncs_and_rows_are_identical() {
     assert_eq!(bob, "Robert'); DROP TABLE person; --");
 }
 
+/// A hand-made header for crafted snapshots.
+fn header(generation: u64) -> Record {
+    Record::Header(Header {
+        format: snapshot::FORMAT.into(),
+        version: 1,
+        generation,
+        types: normalise(&all()),
+        source: "x".into(),
+        software: "x".into(),
+        created_at: 0,
+        force: false,
+    })
+}
+
 fn refused(s: &Store, bytes: &[u8], needle: &str) {
     let before = checksum(s);
     let err = import_into(s, bytes).unwrap_err().to_string();
@@ -114,17 +128,7 @@ fn bad_snapshots_are_refused_and_nothing_changes() {
     refused(&s, b"definitely not zstd", "zstd");
     // A zstd bomb: 200 MB of zeros in one record, cap 64 MB.
     let mut w = snapshot::Writer::new(Vec::new()).unwrap();
-    w.write(&Record::Header(Header {
-        format: snapshot::FORMAT.into(),
-        version: 1,
-        generation: 9,
-        types: normalise(&all()),
-        source: "x".into(),
-        software: "x".into(),
-        created_at: 0,
-        force: false,
-    }))
-    .unwrap();
+    w.write(&header(9)).unwrap();
     let (mut enc, _) = w.finish().unwrap();
     enc.extend(zstd::encode_all(&vec![0u8; 200 << 20][..], 19).unwrap());
     assert!(enc.len() < 1 << 20, "the bomb is small: {}", enc.len());
@@ -132,17 +136,7 @@ fn bad_snapshots_are_refused_and_nothing_changes() {
     // Unknown table, unknown column.
     let craft = |table: &str, cols: &[&str]| {
         let mut w = snapshot::Writer::new(Vec::new()).unwrap();
-        w.write(&Record::Header(Header {
-            format: snapshot::FORMAT.into(),
-            version: 1,
-            generation: 10,
-            types: normalise(&all()),
-            source: "x".into(),
-            software: "x".into(),
-            created_at: 0,
-            force: false,
-        }))
-        .unwrap();
+        w.write(&header(10)).unwrap();
         w.write(&Record::Table {
             name: table.into(),
             columns: cols.iter().map(|c| (*c).to_owned()).collect(),
