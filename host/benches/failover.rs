@@ -36,7 +36,7 @@ fn config(dir: &std::path::Path, role: &str, link: &str, failback: &str) -> Conf
     let text = format!(
         "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t\"\n\
          [rules]\ndir = \"{}\"\n[failover]\nrole = \"{role}\"\nprimary = \"dev4120\"\nsecondary = \"wat4120\"\n\
-         {key} = \"{link}\"\nsecret = \"s\"\nstartup_delay = \"200ms\"\ntimeout = \"1s\"\ncheck_interval = \"100ms\"\n\
+         {key} = \"{link}\"\nsecret = \"bench-pair-secret-0123456789abcdef\"\nstartup_delay = \"200ms\"\ntimeout = \"1s\"\ncheck_interval = \"100ms\"\n\
          failback = \"{failback}\"\ntable_sync_types = [\"contact\"]\n[failover.advanced]\nlab_timings = true\n[[sinks]]\nname = \"log\"\nkind = \"log\"\n",
         dir.join(name).display(),
         rules.display()
@@ -72,7 +72,8 @@ fn pair(
 }
 
 fn queued(n: &Node) -> u64 {
-    n.metrics().notifications_queued.load(Ordering::Relaxed)
+    n.metrics()
+        .notification_count(tandem_host::metrics::NotificationStatus::Queued)
 }
 
 fn failover(c: &mut Criterion) {

@@ -158,8 +158,7 @@ fn ingest(c: &mut Criterion) {
     let queued_before = server
         .node
         .metrics()
-        .notifications_queued
-        .load(Ordering::Relaxed);
+        .notification_count(tandem_host::metrics::NotificationStatus::Queued);
     server.rt.block_on(Server::post(
         &server.client,
         &url,
@@ -168,8 +167,7 @@ fn ingest(c: &mut Criterion) {
     let queued = server
         .node
         .metrics()
-        .notifications_queued
-        .load(Ordering::Relaxed)
+        .notification_count(tandem_host::metrics::NotificationStatus::Queued)
         - queued_before;
     assert_eq!(queued, 1, "one notification per batch of 100");
     g.bench_function("batch_100_notify_1pct", |b| {

@@ -26,7 +26,7 @@ fn config(dir: &std::path::Path, role: &str, link: &str) -> Config {
     let text = format!(
         "[node]\nname = \"{name}\"\ndata_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t\"\n\
          [failover]\nrole = \"{role}\"\nprimary = \"dev4120\"\nsecondary = \"wat4120\"\n{key} = \"{link}\"\n\
-         secret = \"s\"\nstartup_delay = \"100ms\"\ntimeout = \"1s\"\ncheck_interval = \"100ms\"\n\
+         secret = \"bench-pair-secret-0123456789abcdef\"\nstartup_delay = \"100ms\"\ntimeout = \"1s\"\ncheck_interval = \"100ms\"\n\
          table_sync_types = [\"contact\"]\n[failover.advanced]\nlab_timings = true\n",
         dir.join(name).display()
     );
@@ -99,7 +99,7 @@ fn main() {
     g.bench_function("100k_contact_rows", |b| {
         b.iter(|| {
             let r = rt
-                .block_on(tandem_host::sync::transfer::sync_now(p, p_handle, false))
+                .block_on(tandem_host::sync::push::sync_now(p, p_handle, false))
                 .unwrap();
             assert_eq!(r.rows["person"], 100_000);
             last = Some(r);
@@ -118,7 +118,7 @@ fn main() {
     let before = peak_rss_kib();
     let t = Instant::now();
     let r = rt
-        .block_on(tandem_host::sync::transfer::sync_now(p, p_handle, false))
+        .block_on(tandem_host::sync::push::sync_now(p, p_handle, false))
         .unwrap();
     let took = t.elapsed();
     let growth = peak_rss_kib().saturating_sub(before);

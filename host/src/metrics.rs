@@ -1,216 +1,265 @@
-//! Metric names in one place, and the Prometheus text rendering.
+//! Metric names in one place, on the `prometheus-client` crate, rendered
+//! in the OpenMetrics text format.
 //!
-//! Counters are plain atomics bumped where things happen; the engine keeps
-//! its own ([`EngineStats`]) and is read at render time.
+//! A leaf: counters are bumped where things happen; values kept elsewhere
+//! (the engine's counters, the number of loaded rules) are handed to
+//! [`Metrics::render`] as plain numbers ([`Snapshot`]), so this module
+//! depends on nothing of the host.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crate::engine::EngineStats;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-/// Upper bounds of the dispatch latency buckets, in microseconds.
-const BUCKETS_US: [u64; 12] = [
-    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000,
+/// Upper bounds of the dispatch latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
 ];
 
-/// A fixed-bucket latency histogram.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS_US.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+/// The engine's counters: (name, help), in [`Snapshot`]'s order.
+const ENGINE_COUNTERS: [(&str, &str); 5] = [
+    ("rule_calls", "Guest calls"),
+    ("rule_traps", "Guest calls that trapped"),
+    (
+        "rule_deadline_hits",
+        "Guest calls stopped at their deadline",
+    ),
+    ("rule_quarantines", "Rules quarantined"),
+    ("module_compiles", "Modules compiled (cache misses)"),
+];
+
+/// A label set of one `reason`, `status` or `state` value.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
 }
 
-impl Histogram {
-    /// Record one observation.
-    pub fn observe(&self, d: Duration) {
-        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-        if let Some(i) = BUCKETS_US.iter().position(|&b| us <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Status {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct State {
+    state: &'static str,
+}
+
+/// Values kept outside this module, read when metrics are rendered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub rule_calls: u64,
+    pub rule_traps: u64,
+    pub rule_deadline_hits: u64,
+    pub rule_quarantines: u64,
+    pub module_compiles: u64,
+    pub rules_loaded: u64,
+    pub rules_quarantined: u64,
 }
 
 /// The node's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    pub signals_received: AtomicU64,
-    pub signals_executed: AtomicU64,
-    pub signals_suppressed: AtomicU64,
-    pub signals_rejected: AtomicU64,
-    pub reloads: AtomicU64,
-    pub reload_failures: AtomicU64,
-    pub notifications_queued: AtomicU64,
-    pub notifications_sent: AtomicU64,
-    pub notifications_failed: AtomicU64,
-    pub notifications_expired: AtomicU64,
-    pub notifications_retried: AtomicU64,
+    pub signals_received: Counter,
+    pub signals_executed: Counter,
+    pub signals_suppressed: Counter,
+    pub signals_rejected: Counter,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+    /// Rule runs and raises refused because one signal reached the cap.
+    pub fanout_refused: Counter,
+    /// Guest log lines dropped by the per-rule rate limit.
+    pub guest_logs_dropped: Counter,
+    /// Admin connections refused or shed (limit reached, no descriptor).
+    pub admin_connections_refused: Family<Reason, Counter>,
+    notifications: Family<Status, Counter>,
     /// Time to dispatch one signal through the engine (all its rules).
-    pub dispatch_latency: Histogram,
+    dispatch_latency: Histogram,
     /// Link connections refused or dropped, by reason.
-    link_rejects: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    link_rejects: Family<Reason, Counter>,
+    /// Whether failover state could not be persisted (1 while it cannot).
+    pub persist_failing: Gauge,
+    /// The engine's counters, copied in at render time.
+    engine: [Counter<u64, AtomicU64>; 5],
+    rules: Family<State, Gauge>,
+    registry: Registry,
 }
 
-/// Add to a counter.
-pub fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
-fn get(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
+/// How a notification ended (or that it was retried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotificationStatus {
+    Queued,
+    Sent,
+    Failed,
+    Expired,
+    Retried,
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-    );
+impl NotificationStatus {
+    fn label(self) -> &'static str {
+        match self {
+            NotificationStatus::Queued => "queued",
+            NotificationStatus::Sent => "sent",
+            NotificationStatus::Failed => "failed",
+            NotificationStatus::Expired => "expired",
+            NotificationStatus::Retried => "retried",
+        }
+    }
 }
 
 impl Metrics {
-    /// Count a link refused or dropped for `reason`.
-    pub fn link_rejected(&self, reason: &'static str) {
-        *self
-            .link_rejects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(reason)
-            .or_default() += 1;
+    /// Every metric, registered.
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            signals_received: Counter::default(),
+            signals_executed: Counter::default(),
+            signals_suppressed: Counter::default(),
+            signals_rejected: Counter::default(),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
+            fanout_refused: Counter::default(),
+            guest_logs_dropped: Counter::default(),
+            admin_connections_refused: Family::default(),
+            notifications: Family::default(),
+            dispatch_latency: Histogram::new(BUCKETS),
+            link_rejects: Family::default(),
+            persist_failing: Gauge::default(),
+            engine: Default::default(),
+            rules: Family::default(),
+            registry: Registry::with_prefix("tandem"),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "signals_received",
+            "Signals accepted by ingest",
+            m.signals_received.clone(),
+        );
+        r.register(
+            "signals_executed",
+            "Signals run through the rules (gate open)",
+            m.signals_executed.clone(),
+        );
+        r.register(
+            "signals_suppressed",
+            "Signals stored without running rules (gate closed)",
+            m.signals_suppressed.clone(),
+        );
+        r.register(
+            "signals_rejected",
+            "Signals refused as bad input",
+            m.signals_rejected.clone(),
+        );
+        r.register("reloads", "Rule set reloads", m.reloads.clone());
+        r.register(
+            "reload_failures",
+            "Rules that failed to load in a reload",
+            m.reload_failures.clone(),
+        );
+        r.register(
+            "fanout_refused",
+            "Rule runs and raises refused at the per-signal cap",
+            m.fanout_refused.clone(),
+        );
+        r.register(
+            "guest_logs_dropped",
+            "Guest log lines dropped by the per-rule rate limit",
+            m.guest_logs_dropped.clone(),
+        );
+        r.register(
+            "admin_connections_refused",
+            "Admin connections refused or shed, by reason",
+            m.admin_connections_refused.clone(),
+        );
+        r.register(
+            "notifications",
+            "Notifications by status",
+            m.notifications.clone(),
+        );
+        r.register(
+            "dispatch_seconds",
+            "Time to run one signal through its rules",
+            m.dispatch_latency.clone(),
+        );
+        r.register(
+            "link_rejected",
+            "Link connections refused or dropped, by reason",
+            m.link_rejects.clone(),
+        );
+        r.register(
+            "persist_failing",
+            "1 while the failover state cannot be stored",
+            m.persist_failing.clone(),
+        );
+        for (counter, (name, help)) in m.engine.iter().zip(ENGINE_COUNTERS) {
+            r.register(name, help, counter.clone());
+        }
+        r.register("rules", "Rules installed, by state", m.rules.clone());
+        m
     }
 
-    /// The Prometheus text exposition of these and the engine's counters.
-    pub fn render(
-        &self,
-        engine: &EngineStats,
-        rules_loaded: usize,
-        rules_quarantined: usize,
-    ) -> String {
-        let mut out = String::with_capacity(4096);
-        counter(
-            &mut out,
-            "tandem_signals_received_total",
-            "Signals accepted by ingest.",
-            get(&self.signals_received),
-        );
-        counter(
-            &mut out,
-            "tandem_signals_executed_total",
-            "Signals run through the rules (gate open).",
-            get(&self.signals_executed),
-        );
-        counter(
-            &mut out,
-            "tandem_signals_suppressed_total",
-            "Signals stored without running rules (gate closed).",
-            get(&self.signals_suppressed),
-        );
-        counter(
-            &mut out,
-            "tandem_signals_rejected_total",
-            "Signals refused as bad input.",
-            get(&self.signals_rejected),
-        );
-        counter(
-            &mut out,
-            "tandem_rule_calls_total",
-            "Guest calls.",
-            EngineStats::get(&engine.calls),
-        );
-        counter(
-            &mut out,
-            "tandem_rule_traps_total",
-            "Guest calls that trapped.",
-            EngineStats::get(&engine.traps),
-        );
-        counter(
-            &mut out,
-            "tandem_rule_deadline_hits_total",
-            "Guest calls stopped at their deadline.",
-            EngineStats::get(&engine.deadline_hits),
-        );
-        counter(
-            &mut out,
-            "tandem_rule_quarantines_total",
-            "Rules quarantined.",
-            EngineStats::get(&engine.quarantines),
-        );
-        counter(
-            &mut out,
-            "tandem_module_compiles_total",
-            "Modules compiled (cache misses).",
-            EngineStats::get(&engine.compiles),
-        );
-        counter(
-            &mut out,
-            "tandem_reloads_total",
-            "Rule set reloads.",
-            get(&self.reloads),
-        );
-        counter(
-            &mut out,
-            "tandem_reload_failures_total",
-            "Rules that failed to load in a reload.",
-            get(&self.reload_failures),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tandem_notifications_total Notifications by final status.\n# TYPE tandem_notifications_total counter"
-        );
-        for (status, c) in [
-            ("queued", &self.notifications_queued),
-            ("sent", &self.notifications_sent),
-            ("failed", &self.notifications_failed),
-            ("expired", &self.notifications_expired),
-            ("retried", &self.notifications_retried),
+    /// Count a link refused or dropped for `reason`.
+    pub fn link_rejected(&self, reason: &'static str) {
+        self.link_rejects.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Count notifications.
+    pub fn notifications(&self, status: NotificationStatus, n: u64) {
+        self.notifications
+            .get_or_create(&Status {
+                status: status.label(),
+            })
+            .inc_by(n);
+    }
+
+    /// How many notifications were counted with `status`.
+    pub fn notification_count(&self, status: NotificationStatus) -> u64 {
+        self.notifications
+            .get_or_create(&Status {
+                status: status.label(),
+            })
+            .get()
+    }
+
+    /// Record one dispatch's time.
+    pub fn observe_dispatch(&self, d: Duration) {
+        self.dispatch_latency.observe(d.as_secs_f64());
+    }
+
+    /// The OpenMetrics text of every metric, with `snapshot`'s values.
+    pub fn render(&self, snapshot: Snapshot) -> String {
+        let values = [
+            snapshot.rule_calls,
+            snapshot.rule_traps,
+            snapshot.rule_deadline_hits,
+            snapshot.rule_quarantines,
+            snapshot.module_compiles,
+        ];
+        for (counter, v) in self.engine.iter().zip(values) {
+            counter
+                .inner()
+                .store(v, std::sync::atomic::Ordering::Relaxed);
+        }
+        for (state, v) in [
+            ("loaded", snapshot.rules_loaded),
+            ("quarantined", snapshot.rules_quarantined),
         ] {
-            let _ = writeln!(
-                out,
-                "tandem_notifications_total{{status=\"{status}\"}} {}",
-                get(c)
-            );
+            self.rules
+                .get_or_create(&State { state })
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
         }
-        let _ = writeln!(
-            out,
-            "# HELP tandem_rules Rules installed, by state.\n# TYPE tandem_rules gauge"
-        );
-        let _ = writeln!(out, "tandem_rules{{state=\"loaded\"}} {rules_loaded}");
-        let _ = writeln!(
-            out,
-            "tandem_rules{{state=\"quarantined\"}} {rules_quarantined}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tandem_link_rejected_total Link connections refused or dropped, by reason.\n# TYPE tandem_link_rejected_total counter"
-        );
-        for (reason, n) in self
-            .link_rejects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(out, "tandem_link_rejected_total{{reason=\"{reason}\"}} {n}");
-        }
-        let h = &self.dispatch_latency;
-        let name = "tandem_dispatch_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time to run one signal through its rules.\n# TYPE {name} histogram"
-        );
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS_US.iter().enumerate() {
-            cumulative += get(&h.buckets[i]);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                *bound as f64 / 1e6
-            );
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", get(&h.count));
-        let _ = writeln!(out, "{name}_sum {}", get(&h.sum_us) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {}", get(&h.count));
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -220,29 +269,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_a_cumulative_histogram() {
-        let m = Metrics::default();
-        add(&m.signals_received, 3);
-        m.dispatch_latency.observe(Duration::from_micros(20));
-        m.dispatch_latency.observe(Duration::from_micros(400));
-        m.dispatch_latency.observe(Duration::from_secs(5));
-        let text = m.render(&EngineStats::default(), 2, 1);
-        assert!(text.contains("tandem_signals_received_total 3"), "{text}");
-        assert!(
-            text.contains("tandem_dispatch_seconds_bucket{le=\"0.000025\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tandem_dispatch_seconds_bucket{le=\"0.0005\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tandem_dispatch_seconds_bucket{le=\"+Inf\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tandem_rules{state=\"quarantined\"} 1"),
-            "{text}"
-        );
+    fn renders_counters_families_and_a_cumulative_histogram() {
+        let m = Metrics::new();
+        m.signals_received.inc_by(3);
+        m.link_rejected("auth");
+        m.notifications(NotificationStatus::Sent, 2);
+        m.observe_dispatch(Duration::from_micros(20));
+        m.observe_dispatch(Duration::from_micros(400));
+        m.observe_dispatch(Duration::from_secs(5));
+        let text = m.render(Snapshot {
+            rule_traps: 4,
+            rules_loaded: 2,
+            ..Snapshot::default()
+        });
+        for line in [
+            "tandem_signals_received_total 3",
+            "tandem_link_rejected_total{reason=\"auth\"} 1",
+            "tandem_notifications_total{status=\"sent\"} 2",
+            "tandem_rule_traps_total 4",
+            "tandem_rules{state=\"loaded\"} 2",
+            "tandem_dispatch_seconds_bucket{le=\"0.000025\"} 1",
+            "tandem_dispatch_seconds_bucket{le=\"0.0005\"} 2",
+            "tandem_dispatch_seconds_bucket{le=\"+Inf\"} 3",
+            "tandem_dispatch_seconds_count 3",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }

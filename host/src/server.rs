@@ -28,6 +28,8 @@ pub enum ServeError {
     },
     #[error("failover: {0}")]
     Failover(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Watch(#[from] watch::WatchError),
     #[error("the admin server failed: {0}")]
     Http(std::io::Error),
 }
@@ -53,12 +55,11 @@ pub async fn run(
     let (shutdown, listener) = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    let rules_synced_here = node.config().failover.as_ref().is_some_and(|f| {
-        f.role == crate::failover::machine::PairRole::Secondary
-            && crate::sync::normalise(&f.table_sync_types)
-                .iter()
-                .any(|t| t == "rule")
-    });
+    let rules_synced_here = node
+        .config()
+        .failover
+        .as_ref()
+        .is_some_and(|f| f.synced_here("rule"));
     if rules_synced_here && node.config().rules.dir.is_some() {
         tracing::warn!(
             "rules are synced from the primary: the rules directory is not watched on this secondary"
@@ -71,11 +72,10 @@ pub async fn run(
         .clone()
         .filter(|_| !rules_synced_here)
     {
-        // The first scan happens before the listener opens.
-        if let Err(e) = watch::sync_dir(&node, &dir).await {
-            tracing::error!("rules directory: {e}");
-        }
-        tasks.spawn(watch::run(node.clone(), dir, listener.clone().wait()));
+        // The directory is created, watched, then scanned once, all before
+        // the listener opens.
+        let w = watch::Watch::start(node.clone(), dir).await?;
+        tasks.spawn(w.run(listener.clone().wait()));
     }
     let summary = node.reload().await?;
     tracing::info!(
@@ -111,7 +111,7 @@ pub async fn run(
         tasks.spawn(async move {
             let _ = task.await;
         });
-        tasks.spawn(crate::sync::transfer::run_triggers(
+        tasks.spawn(crate::sync::triggers::run_triggers(
             node.clone(),
             handle.clone(),
             listener.clone(),

@@ -10,6 +10,9 @@ use crate::node::{NodeProc, write_config};
 use crate::webhook::{Received, Webhook};
 use crate::{free_port, sample_wasm};
 
+/// The pair's shared secret in tests (32 bytes or more, as required).
+pub const PAIR_SECRET: &str = "tandem-test-pair-secret-0123456789abcdef";
+
 /// Pair tests share the machine's two cores: one at a time in a binary.
 pub static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -39,7 +42,7 @@ impl Default for Opts {
         Opts {
             failback: "auto",
             startup_delay: "300ms",
-            secret_p: "pair-secret",
+            secret_p: PAIR_SECRET,
             rules: Vec::new(),
             advanced: "",
             failover_extra: "",
@@ -102,7 +105,7 @@ pub fn start_pair(o: Opts, proxy: Option<&dyn Fn(String) -> String>) -> Pair {
     let s_cfg = write_config(
         &s_dir,
         "wat4120",
-        &(common.clone() + &failover_section("secondary", &o, "pair-secret", &link)),
+        &(common.clone() + &failover_section("secondary", &o, PAIR_SECRET, &link)),
     );
     let s = NodeProc::start(&s_dir, &s_cfg);
     let dial = proxy.map_or(link.clone(), |f| f(link.clone()));

@@ -219,7 +219,7 @@ fn a_standby_answers_executed_false_and_names_the_active_node() {
 fn a_wrong_secret_and_garbage_are_refused_and_counted() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let o = Opts {
-        secret_p: "not-the-secret",
+        secret_p: "not-the-secret-but-just-as-long-0123456789",
         ..Opts::default()
     };
     let pair = start_pair(o, None);

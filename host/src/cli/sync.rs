@@ -102,7 +102,7 @@ fn import(config: &std::path::Path, file: &std::path::Path) -> anyhow::Result<()
             c,
             input,
             &["all".to_owned()],
-            crate::sync::transfer::MAX_RAW,
+            crate::sync::receive::MAX_RAW,
             &|| {},
         ))
     })??;
@@ -115,20 +115,26 @@ fn pull(config: &std::path::Path) -> anyhow::Result<()> {
     let Some(f) = config
         .failover
         .clone()
-        .filter(|f| f.role == crate::failover::machine::PairRole::Primary)
+        .filter(|f| f.role == crate::config::PairRole::Primary)
     else {
         bail!("sync pull runs on the primary of a pair");
     };
     let Some(peer) = f.peer_admin.clone() else {
         bail!("[failover] peer_admin is needed to reach the secondary");
     };
-    let path = crate::sync::transfer::PULL_PATH;
+    let path = crate::sync::receive::PULL_PATH;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let bytes = rt.block_on(async {
         let mut req = reqwest::Client::new().get(format!("{}{path}", peer.trim_end_matches('/')));
-        for (k, v) in crate::sync::transfer::sign_headers(&f.secret, "GET", path, b"") {
+        for (k, v) in crate::internal_auth::sign_body(
+            f.secret.as_bytes(),
+            &config.node.name,
+            "GET",
+            path,
+            b"",
+        ) {
             req = req.header(k, v);
         }
         let resp = req
@@ -152,7 +158,7 @@ fn pull(config: &std::path::Path) -> anyhow::Result<()> {
             c,
             &bytes[..],
             &f.table_sync_types,
-            crate::sync::transfer::MAX_RAW,
+            crate::sync::receive::MAX_RAW,
             &|| {},
         ))
     })??;

@@ -19,6 +19,7 @@ mod instance;
 mod limits;
 mod linker;
 mod module;
+pub mod names;
 mod ruleset;
 
 use std::path::PathBuf;
@@ -32,10 +33,10 @@ use wasmtime::{InstancePre, Linker, Module};
 
 pub use cache::{Sha256Digest, sha256};
 pub use gate::{Gate, GateGuard};
-pub use index::{valid_name, valid_pattern};
 pub use instance::Instance;
 pub use limits::MemoryBudget;
 pub use linker::{Clock, EmitLimits};
+pub use names::{valid_name, valid_pattern};
 pub use ruleset::{
     Dispatch, InstallReport, Outcome, RuleRun, RuleSet, RuleSpec, RuleStatus, derive_key,
 };

@@ -21,9 +21,6 @@ use tandem_guest::{Action, Config, Notify, Signal};
 use super::index::DispatchIndex;
 use super::{CallError, Engine, EngineError, EngineStats, Gate, Instance, Script};
 
-/// Signal name prefixes only the host may raise.
-pub const HOST_ONLY_PREFIXES: [&str; 2] = ["FAILOVER-", "NOTIFY-"];
-
 /// What to install for one rule (a `signal_rule` row with its script).
 #[derive(Debug, Clone)]
 pub struct RuleSpec {
@@ -519,7 +516,7 @@ fn check_raise(name: &str, depth: u32, max_depth: u32) -> Result<(), String> {
             "raise of `{name}` refused: not a valid signal name"
         ));
     }
-    if let Some(p) = HOST_ONLY_PREFIXES.iter().find(|p| name.starts_with(*p)) {
+    if let Some(p) = super::names::host_only(name) {
         return Err(format!(
             "raise of `{name}` refused: `{p}` signals are raised by the host only"
         ));

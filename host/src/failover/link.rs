@@ -118,8 +118,8 @@ pub enum Body {
     /// Copy-back rows, up to this event id of the sender.
     CopyBack {
         upto: i64,
-        events: Vec<crate::store::copyback::CopiedEvent>,
-        notifications: Vec<crate::store::copyback::CopiedNotification>,
+        events: Vec<super::wire::WireEvent>,
+        notifications: Vec<super::wire::WireNotification>,
     },
     /// The sender stored copy-back rows up to this event id of the peer.
     CopyBackAck(i64),

@@ -41,21 +41,7 @@ impl Fs {
     }
 }
 
-/// This node's place in the pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PairRole {
-    Primary,
-    Secondary,
-}
-
-/// When a secondary hands back on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Failback {
-    /// After `failback_after` heartbeats in a row from a Ready primary.
-    Auto,
-    /// Only when an operator asks.
-    Manual,
-}
+pub use crate::config::{Failback, PairRole};
 
 /// The timings and policy (all durations in ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +198,8 @@ pub struct Machine {
     /// of it that was in flight before the hand-over must not make us
     /// activate again.
     pub awaiting_peer: bool,
+    /// The last FS write failed: the next check writes FS again.
+    pub persist_failing: bool,
 }
 
 impl Machine {
@@ -241,7 +229,28 @@ impl Machine {
             pinned_manual: false,
             failback_requested: false,
             awaiting_peer: false,
+            persist_failing: false,
         }
+    }
+
+    /// A `Persist` effect of the step that started from `before` failed
+    /// (writing `failed`), so the driver carried out none of that step's
+    /// later effects. Go back to what the disk still holds, and never
+    /// further than standby: an activation is undone whole (the gate was
+    /// not opened), a step to standby stays standby (its gate is already
+    /// closed) with the peer message it did not send forgotten. The next
+    /// check writes FS again, and the standing rules try again from there.
+    pub fn persist_failed(&mut self, before: Machine, failed: Fs) {
+        let (now, checks) = (self.now, self.checks);
+        *self = before;
+        self.now = now;
+        self.checks = checks;
+        if failed == Fs::Standby {
+            self.fs = Fs::Standby;
+            self.gate_open = false;
+            self.fenced = false;
+        }
+        self.persist_failing = true;
     }
 
     /// Whether this node's own uptime makes it Ready.
@@ -279,6 +288,14 @@ impl Machine {
         match input {
             Input::Tick => {
                 self.checks += 1;
+                if self.persist_failing {
+                    // Try again; a failure sets it again.
+                    self.persist_failing = false;
+                    fx.push(Effect::Persist {
+                        fs: self.fs,
+                        epoch: self.epoch,
+                    });
+                }
                 if self.settings.role == PairRole::Primary && !self.link_up {
                     fx.push(Effect::Connect);
                 }
@@ -432,12 +449,13 @@ impl Machine {
             self.epoch += 1;
             self.pinned_manual = true;
             self.failover_open = true;
+        }
+        // FS is durable first: nothing else happens if it cannot be.
+        self.activate(fx);
+        if self.settings.role == PairRole::Secondary {
             fx.push(Effect::FailoverStarted {
                 reason: Reason::Switchover,
             });
-        }
-        self.activate(fx);
-        if self.settings.role == PairRole::Secondary {
             fx.push(Effect::RaiseOn {
                 reason: Reason::Switchover,
                 epoch: self.epoch,

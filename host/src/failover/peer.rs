@@ -61,9 +61,16 @@ pub struct View {
     pub absorbed_seq: u64,
     /// The last execution number of this node the peer acknowledged.
     pub peer_absorbed_seq: u64,
+    /// Why FS could not be stored, while that lasts (the node stays or
+    /// falls back to standby and tries again at every check).
+    pub persist_error: Option<String>,
 }
 
 type Reply = oneshot::Sender<Result<&'static str, &'static str>>;
+
+/// Refused link connections are logged at most this often.
+static LINK_REFUSALS: crate::escape::LogLimiter =
+    crate::escape::LogLimiter::new(std::time::Duration::from_secs(1));
 
 /// How long executed keys gather before they go to the standby.
 const STREAM_BATCH: std::time::Duration = std::time::Duration::from_millis(20);
@@ -164,6 +171,11 @@ struct Driver {
     copy_inflight: Option<i64>,
     /// When the last copy-back batch was acknowledged.
     copy_acked: Option<Instant>,
+    /// Why the last FS write failed, until one succeeds.
+    persist_error: Option<String>,
+    /// The link was dropped outside a step (a frame could not be queued):
+    /// the machine hears `LinkDown` after the current event.
+    pending_down: bool,
 }
 
 fn settings(cfg: &FailoverConfig) -> Settings {
@@ -219,6 +231,8 @@ pub async fn start(
         streamed: 0,
         copy_inflight: None,
         copy_acked: None,
+        persist_error: None,
+        pending_down: false,
     };
     let mut driver = driver;
     driver.absorbed = absorbed;
@@ -245,7 +259,7 @@ pub async fn start(
     ))
 }
 
-fn placeholder_view() -> View {
+pub(crate) fn placeholder_view() -> View {
     View {
         role: PairRole::Primary,
         fs: 2,
@@ -263,6 +277,7 @@ fn placeholder_view() -> View {
         failover_open: false,
         absorbed_seq: 0,
         peer_absorbed_seq: 0,
+        persist_error: None,
     }
 }
 
@@ -297,68 +312,88 @@ fn status_of(h: &Hello) -> PeerStatus {
     }
 }
 
-/// Run one session: the writer as its own task, the reader here.
+/// Run one session until either direction fails: the writer and the
+/// reader run in one task, and whichever ends first takes the link down
+/// (reported as `Down` with its error), so a link that can no longer send
+/// is never kept "up" by a reader that still reads. The driver's `Up`
+/// arrives before any frame the reader passes on.
 async fn run_session(id: u64, session: Session, events: mpsc::Sender<LinkEvent>) {
     let Session {
         peer,
-        mut sender,
-        mut receiver,
+        sender,
+        receiver,
     } = session;
-    let (tx, mut rx) = mpsc::channel::<(u64, Body)>(1024);
-    let writer = tokio::spawn(async move {
-        while let Some((epoch, body)) = rx.recv().await {
-            if sender.send(epoch, body).await.is_err() {
-                break;
-            }
-        }
-    });
-    let reader = tokio::spawn({
+    let (tx, rx) = mpsc::channel::<(u64, Body)>(1024);
+    let (go, start) = oneshot::channel::<()>();
+    let task = tokio::spawn({
         let events = events.clone();
         async move {
-            loop {
-                let ev = match receiver.recv().await {
-                    Ok(Body::Machine(msg)) => LinkEvent::Msg { id, msg },
-                    Ok(Body::Keys(keys)) => LinkEvent::Keys { id, keys },
-                    Ok(Body::KeysAck(upto)) => LinkEvent::KeysAck { id, upto },
-                    Ok(Body::CopyBack {
-                        upto,
-                        events,
-                        notifications,
-                    }) => LinkEvent::CopyBack {
-                        id,
-                        upto,
-                        events,
-                        notifications,
-                    },
-                    Ok(Body::CopyBackAck(upto)) => LinkEvent::CopyBackAck { id, upto },
-                    Ok(Body::Hello(_)) => {
-                        let error = LinkError::Garbage("a second hello in one session".into());
-                        let _ = events.send(LinkEvent::Down { id, error }).await;
-                        return;
-                    }
-                    Err(error) => {
-                        let _ = events.send(LinkEvent::Down { id, error }).await;
-                        return;
-                    }
-                };
-                if events.send(ev).await.is_err() {
-                    return;
-                }
+            if start.await.is_err() {
+                return;
             }
+            let error = tokio::select! {
+                e = write_loop(sender, rx) => e,
+                e = read_loop(id, receiver, &events) => e,
+            };
+            let _ = events.send(LinkEvent::Down { id, error }).await;
         }
     });
-    let abort = reader.abort_handle();
-    let writer_abort = writer.abort_handle();
-    let _ = events
-        .send(LinkEvent::Up {
-            id,
-            peer: Box::new(peer),
-            tx,
-            abort,
-        })
-        .await;
-    let _ = reader.await;
-    writer_abort.abort();
+    let up = LinkEvent::Up {
+        id,
+        peer: Box::new(peer),
+        tx,
+        abort: task.abort_handle(),
+    };
+    if events.send(up).await.is_err() {
+        task.abort();
+        return;
+    }
+    let _ = go.send(());
+    let _ = task.await;
+}
+
+/// Send what the driver queues; the first failed send ends the session.
+async fn write_loop(mut sender: link::Sender, mut rx: mpsc::Receiver<(u64, Body)>) -> LinkError {
+    while let Some((epoch, body)) = rx.recv().await {
+        if let Err(e) = sender.send(epoch, body).await {
+            return e;
+        }
+    }
+    // The driver dropped this connection.
+    LinkError::Closed
+}
+
+/// Pass frames to the driver until one cannot be read.
+async fn read_loop(
+    id: u64,
+    mut receiver: link::Receiver,
+    events: &mpsc::Sender<LinkEvent>,
+) -> LinkError {
+    loop {
+        let ev = match receiver.recv().await {
+            Ok(Body::Machine(msg)) => LinkEvent::Msg { id, msg },
+            Ok(Body::Keys(keys)) => LinkEvent::Keys { id, keys },
+            Ok(Body::KeysAck(upto)) => LinkEvent::KeysAck { id, upto },
+            Ok(Body::CopyBack {
+                upto,
+                events,
+                notifications,
+            }) => LinkEvent::CopyBack {
+                id,
+                upto,
+                events: events.into_iter().map(Into::into).collect(),
+                notifications: notifications.into_iter().map(Into::into).collect(),
+            },
+            Ok(Body::CopyBackAck(upto)) => LinkEvent::CopyBackAck { id, upto },
+            Ok(Body::Hello(_)) => {
+                return LinkError::Garbage("a second hello in one session".into());
+            }
+            Err(error) => return error,
+        };
+        if events.send(ev).await.is_err() {
+            return LinkError::Closed;
+        }
+    }
 }
 
 struct Acceptor {
@@ -374,13 +409,23 @@ impl Acceptor {
         let stop = stop.wait();
         tokio::pin!(stop);
         let mut id = 1u64 << 32;
+        let mut backoff = crate::net::AcceptBackoff::default();
         loop {
             let accepted = tokio::select! {
                 _ = &mut stop => return,
                 a = listener.accept() => a,
             };
-            let Ok((stream, from)) = accepted else {
-                continue;
+            let (stream, from) = match accepted {
+                Ok(a) => {
+                    backoff.reset();
+                    a
+                }
+                // Out of descriptors (or another passing error): wait
+                // rather than spin, and say so once in a while.
+                Err(e) => {
+                    backoff.wait("link", &e).await;
+                    continue;
+                }
             };
             id += 1;
             let mine = hello(&self.node, &self.cfg, &self.view.borrow(), self.started);
@@ -394,7 +439,9 @@ impl Acceptor {
                     Ok(session) => run_session(id, session, events).await,
                     Err(e) => {
                         node.metrics().link_rejected(e.kind());
-                        tracing::warn!(%from, "link refused: {e}");
+                        if LINK_REFUSALS.allow() {
+                            tracing::warn!(%from, "link refused: {e} (refusals are logged at most once a second; tandem_link_rejected_total counts them all)");
+                        }
                     }
                 }
             });
@@ -448,6 +495,7 @@ impl Driver {
             failover_open: m.failover_open,
             absorbed_seq: self.absorbed,
             peer_absorbed_seq: self.peer_absorbed,
+            persist_error: self.persist_error.clone(),
         };
         self.view_tx.send_replace(view);
     }
@@ -494,6 +542,9 @@ impl Driver {
                         let _ = r.send(Err("no answer"));
                     }
                 }
+            }
+            if std::mem::take(&mut self.pending_down) {
+                self.step(Input::LinkDown).await;
             }
         }
         if let Some(c) = self.conn.take() {
@@ -627,28 +678,46 @@ impl Driver {
     }
 
     async fn step(&mut self, input: Input) {
+        let before = self.machine.clone();
         let effects = self.machine.step(self.now(), input);
         for effect in effects {
-            if !self.apply(effect).await {
+            if let Err(failed) = self.apply(effect).await {
+                // The rest of the step is not carried out: back to what the
+                // disk holds, at most standby; the next check tries again.
+                self.machine.persist_failed(before, failed);
                 break;
             }
         }
         self.publish();
     }
 
-    /// Carry out one effect; `false` stops the rest of the step.
-    async fn apply(&mut self, effect: Effect) -> bool {
+    /// Carry out one effect; `Err(fs)` when writing `fs` failed, which
+    /// stops the rest of the step.
+    async fn apply(&mut self, effect: Effect) -> Result<(), Fs> {
         match effect {
             Effect::Persist { fs, epoch } => {
                 let n = fs.number();
-                if let Err(e) = self
+                match self
                     .node
                     .store()
                     .write(move |c| log::save_state(c, n, epoch))
                     .await
                 {
-                    tracing::error!("cannot persist FS={n} epoch={epoch}: {e}; not changing state");
-                    return false;
+                    Ok(()) => {
+                        if self.persist_error.take().is_some() {
+                            tracing::info!(fs = n, epoch, "failover state stored again");
+                        }
+                        self.node.metrics().persist_failing.set(0);
+                    }
+                    Err(e) => {
+                        let why = format!("cannot store FS={n} epoch={epoch}: {e}");
+                        tracing::error!(
+                            "{why}; staying standby (no rules run here) and trying again at the next check"
+                        );
+                        self.persist_error = Some(why);
+                        self.node.metrics().persist_failing.set(1);
+                        return Err(fs);
+                    }
                 }
             }
             Effect::OpenGate => {
@@ -734,14 +803,21 @@ impl Driver {
                 }
             }
         }
-        true
+        Ok(())
     }
 
-    fn send_body(&self, body: Body) {
+    fn send_body(&mut self, body: Body) {
         if let Some(c) = &self.conn
             && c.tx.try_send((self.machine.epoch, body)).is_err()
         {
-            tracing::warn!("link send queue full or closed");
+            // A frame that cannot be queued is lost: the link is no longer
+            // trustworthy. Drop it; the primary dials again at its next
+            // check, and the hello resynchronises both ends.
+            tracing::warn!("link send queue full or closed: dropping the link");
+            if let Some(c) = self.conn.take() {
+                c.abort.abort();
+            }
+            self.pending_down = true;
         }
     }
 
@@ -816,8 +892,8 @@ impl Driver {
                 self.copy_inflight = Some(upto);
                 self.send_body(Body::CopyBack {
                     upto,
-                    events,
-                    notifications,
+                    events: events.iter().map(Into::into).collect(),
+                    notifications: notifications.iter().map(Into::into).collect(),
                 });
             }
             Err(e) => tracing::error!("copy-back: {e}"),

@@ -19,7 +19,7 @@ use tandem_guest::Value;
 
 use super::{Node, SignalInput};
 use crate::config::{SinkConfig, SinkKind};
-use crate::metrics::add;
+use crate::metrics::NotificationStatus;
 use crate::store::now_ms;
 use crate::store::outbox::{self, Delivery, NotificationView};
 
@@ -181,17 +181,17 @@ async fn record(
         .await?;
     let m = node.metrics();
     match &result {
-        Delivery::Sent => add(&m.notifications_sent, 1),
+        Delivery::Sent => m.notifications(NotificationStatus::Sent, 1),
         Delivery::Retry { error, .. } => {
-            add(&m.notifications_retried, 1);
+            m.notifications(NotificationStatus::Retried, 1);
             tracing::warn!(id = %n.id, sink = %n.sink, "delivery will be retried: {error}");
         }
         Delivery::Expired => {
-            add(&m.notifications_expired, 1);
+            m.notifications(NotificationStatus::Expired, 1);
             tracing::warn!(id = %n.id, sink = %n.sink, "notification expired before it could be sent");
         }
         Delivery::Failed { error } => {
-            add(&m.notifications_failed, 1);
+            m.notifications(NotificationStatus::Failed, 1);
             tracing::error!(id = %n.id, sink = %n.sink, "delivery failed: {error}");
             let failed = SignalInput {
                 name: "NOTIFY-FAILED".into(),

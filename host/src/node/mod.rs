@@ -27,12 +27,9 @@ use crate::engine::{
     Dispatch, Engine, EngineConfig, EngineError, Gate, Outcome, RuleSet, RuleSpec, RuleStatus,
     valid_name,
 };
-use crate::metrics::{Metrics, add};
+use crate::metrics::{Metrics, NotificationStatus, Snapshot};
 use crate::store::outbox::NewNotification;
 use crate::store::{Store, StoreError, events, exec, now_ms, outbox, rules};
-
-/// Signal names only the host raises.
-pub const HOST_ONLY_PREFIXES: [&str; 2] = ["FAILOVER-", "NOTIFY-"];
 
 /// Ingest limits.
 #[derive(Debug, Clone, Copy)]
@@ -142,25 +139,6 @@ pub fn notification_id(key: &str, rule: &str, action_index: usize, recipient: &s
     hex::encode(&h.finalize()[..16])
 }
 
-/// `*` matches any run of characters.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let Some((first, rest)) = pattern.split_once('*') else {
-        return pattern == text;
-    };
-    let Some(mut tail) = text.strip_prefix(first) else {
-        return false;
-    };
-    let mut parts: Vec<&str> = rest.split('*').collect();
-    let last = parts.pop().unwrap_or("");
-    for part in parts {
-        match tail.find(part) {
-            Some(i) => tail = &tail[i + part.len()..],
-            None => return false,
-        }
-    }
-    tail.len() >= last.len() && tail.ends_with(last)
-}
-
 /// The node.
 #[derive(Debug)]
 pub struct Node {
@@ -174,9 +152,14 @@ pub struct Node {
     next_id: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
     last_reload: Mutex<ReloadSummary>,
+    /// Rules directory pairs that cannot be installed: rule -> (the
+    /// content's fingerprint, the error).
+    dir_errors: Mutex<std::collections::BTreeMap<String, (String, String)>>,
     delivery_wake: tokio::sync::Notify,
     exec_seq: tokio::sync::watch::Sender<u64>,
     sync_gen: AtomicU64,
+    /// One table sync (export or import) at a time.
+    sync_lock: tokio::sync::Mutex<()>,
     tables_changed: tokio::sync::Notify,
     admin_url: OnceLock<String>,
     started: Instant,
@@ -196,7 +179,7 @@ impl Node {
         })?;
         let next = store.read_blocking(events::next_id)?;
         let last_seq = store.read_blocking(exec::last_seq)?;
-        let sync_gen = store.read_blocking(crate::sync::last_generation_store)?;
+        let sync_gen = store.read_blocking(crate::store::synclog::last_generation)?;
         Ok(Arc::new(Node {
             rules: Mutex::new(RuleSet::new(engine.clone(), gate.clone())),
             config: Arc::new(config),
@@ -208,9 +191,11 @@ impl Node {
             next_id: AtomicU64::new(next),
             reload_lock: tokio::sync::Mutex::new(()),
             last_reload: Mutex::new(ReloadSummary::default()),
+            dir_errors: Mutex::new(std::collections::BTreeMap::new()),
             delivery_wake: tokio::sync::Notify::new(),
             exec_seq: tokio::sync::watch::channel(last_seq).0,
             sync_gen: AtomicU64::new(sync_gen),
+            sync_lock: tokio::sync::Mutex::new(()),
             tables_changed: tokio::sync::Notify::new(),
             admin_url: OnceLock::new(),
             started: Instant::now(),
@@ -231,6 +216,21 @@ impl Node {
     }
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The metrics text, with the engine's counters and the rule counts.
+    pub fn render_metrics(&self, rules_loaded: usize, rules_quarantined: usize) -> String {
+        let e = self.engine.stats();
+        let get = crate::engine::EngineStats::get;
+        self.metrics.render(Snapshot {
+            rule_calls: get(&e.calls),
+            rule_traps: get(&e.traps),
+            rule_deadline_hits: get(&e.deadline_hits),
+            rule_quarantines: get(&e.quarantines),
+            module_compiles: get(&e.compiles),
+            rules_loaded: rules_loaded as u64,
+            rules_quarantined: rules_quarantined as u64,
+        })
     }
     pub fn limits(&self) -> Limits {
         self.limits
@@ -280,6 +280,26 @@ impl Node {
             .clone()
     }
 
+    /// Record (or with `None` clear) why a rules directory pair cannot be
+    /// installed; `true` when this error is new for this content.
+    pub fn set_dir_error(&self, rule: &str, error: Option<(String, String)>) -> bool {
+        let mut errors = self.dir_errors.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(e) => errors.insert(rule.to_owned(), e.clone()).as_ref() != Some(&e),
+            None => errors.remove(rule).is_some(),
+        }
+    }
+
+    /// Rules directory pairs that cannot be installed, and why.
+    pub fn dir_errors(&self) -> std::collections::BTreeMap<String, String> {
+        self.dir_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(rule, (_, e))| (rule.clone(), e.clone()))
+            .collect()
+    }
+
     /// Clear a rule's quarantine.
     pub fn reset_rule(&self, name: &str) -> bool {
         self.lock_rules().reset(name)
@@ -323,7 +343,7 @@ impl Node {
                     ),
                 });
             }
-            if !internal && HOST_ONLY_PREFIXES.iter().any(|p| s.name.starts_with(p)) {
+            if !internal && crate::engine::names::host_only(&s.name).is_some() {
                 return Err(IngestError::Reserved {
                     index,
                     name: s.name.clone(),
@@ -357,7 +377,7 @@ impl Node {
         internal: bool,
     ) -> Result<Vec<Accepted>, IngestError> {
         if let Err(e) = self.validate(&batch, internal) {
-            add(&self.metrics.signals_rejected, batch.len() as u64);
+            self.metrics.signals_rejected.inc_by(batch.len() as u64);
             return Err(e);
         }
         let node = self.clone();
@@ -434,7 +454,7 @@ impl Node {
         }
         let started = Instant::now();
         let d = rules.dispatch(signal);
-        self.metrics.dispatch_latency.observe(started.elapsed());
+        self.metrics.observe_dispatch(started.elapsed());
         Ok(match d {
             Dispatch::Suppressed => Run::Stored,
             Dispatch::Executed(o) => Run::Executed(o, exec::record(tx, &signal.key, now)?),
@@ -498,13 +518,13 @@ impl Node {
             .iter()
             .filter(|(_, r)| matches!(r, Run::Executed(..)))
             .count() as u64;
-        add(&self.metrics.signals_received, results.len() as u64);
-        add(&self.metrics.signals_executed, executed);
-        add(
-            &self.metrics.signals_suppressed,
-            results.len() as u64 - executed,
-        );
-        add(&self.metrics.notifications_queued, queued);
+        self.metrics.signals_received.inc_by(results.len() as u64);
+        self.metrics.signals_executed.inc_by(executed);
+        self.metrics
+            .signals_suppressed
+            .inc_by(results.len() as u64 - executed);
+        self.metrics
+            .notifications(NotificationStatus::Queued, queued);
         if let Some(seq) = results
             .iter()
             .filter_map(|(_, r)| match r {
@@ -627,6 +647,11 @@ impl Node {
             .await
     }
 
+    /// Held while a table sync runs here: one at a time.
+    pub fn sync_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.sync_lock
+    }
+
     /// The last table-sync generation imported or exported here.
     pub fn sync_generation(&self) -> u64 {
         self.sync_gen.load(Ordering::Relaxed)
@@ -669,11 +694,13 @@ impl Node {
         let summary = tokio::task::spawn_blocking(move || node.reload_blocking())
             .await
             .map_err(|e| NodeError::Task(e.to_string()))??;
-        add(&self.metrics.reloads, 1);
+        self.metrics.reloads.inc_by(1);
         if !summary.loaded.is_empty() || !summary.removed.is_empty() {
             self.note_tables_changed();
         }
-        add(&self.metrics.reload_failures, summary.errors.len() as u64);
+        self.metrics
+            .reload_failures
+            .inc_by(summary.errors.len() as u64);
         for e in &summary.errors {
             tracing::error!("reload: {e}");
         }
@@ -829,10 +856,7 @@ fn queue_notifications(
             });
             for to in recipients {
                 let id = notification_id(&run.key, &run.rule, index, &to);
-                for sink in sinks
-                    .iter()
-                    .filter(|s| s.channels.iter().any(|c| glob_match(c, &n.channel)))
-                {
+                for sink in sinks.iter().filter(|s| s.matcher.matches(&n.channel)) {
                     let row = NewNotification {
                         id: id.clone(),
                         sink: sink.name.clone(),
@@ -859,18 +883,6 @@ fn queue_notifications(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("*", "sms"));
-        assert!(glob_match("sms", "sms"));
-        assert!(!glob_match("sms", "email"));
-        assert!(glob_match("page-*", "page-it"));
-        assert!(glob_match("*-it", "page-it"));
-        assert!(glob_match("a*b*c", "aXbYc"));
-        assert!(!glob_match("a*b*c", "aXcYb"));
-        assert!(!glob_match("ab*ba", "aba"));
-    }
 
     #[test]
     fn notification_ids_are_stable_and_distinct() {

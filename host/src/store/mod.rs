@@ -16,6 +16,7 @@ pub mod failover;
 pub mod outbox;
 pub mod rules;
 mod schema;
+pub mod synclog;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -32,13 +32,42 @@ pub struct RuleWithScript {
     pub wasm: Option<Vec<u8>>,
 }
 
+impl RuleRow {
+    /// Whether `other` defines the same rule (everything but `updated_at`).
+    pub fn same_definition(&self, other: &RuleRow) -> bool {
+        self.name == other.name
+            && self.script == other.script
+            && self.enabled == other.enabled
+            && self.signals == other.signals
+            && self.deadline_ms == other.deadline_ms
+            && self.config == other.config
+    }
+}
+
+/// The hex sha256 of a script's bytes, as `signal_script.sha256` holds it.
+pub fn sha256_hex(wasm: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(wasm))
+}
+
+/// A script's stored sha256 (hex), if the script exists.
+pub fn script_sha(conn: &Connection, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT sha256 FROM signal_script WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 /// Insert or replace a script; returns its sha256 (hex).
 pub fn upsert_script(conn: &Connection, name: &str, wasm: &[u8]) -> Result<String, StoreError> {
-    let sha = hex::encode(crate::engine::sha256(wasm));
+    let sha = sha256_hex(wasm);
     conn.execute(
         "INSERT INTO signal_script (name, wasm, sha256, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (name) DO UPDATE SET wasm = excluded.wasm, sha256 = excluded.sha256,

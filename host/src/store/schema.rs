@@ -13,6 +13,7 @@ use super::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("sql/001_init.sql"),
     include_str!("sql/002_exactly_once.sql"),
+    include_str!("sql/003_hardening.sql"),
 ];
 
 /// The schema version this build writes.

@@ -6,20 +6,20 @@
 //! - [`export`] / [`import`]: tables to snapshot and back, with every check
 //!   of the import (generation, tables, columns, emptied tables) inside one
 //!   transaction that rolls back on any error.
-//! - [`signature`]: the HMAC on internal calls (method, path, timestamp,
-//!   nonce, body sha256).
+//! - [`push`]: the primary's side (preconditions, the signed POST);
+//!   [`receive`]: the secondary's; [`triggers`]: daily and on change.
 
+pub mod push;
+pub mod receive;
 pub mod schedule;
 pub mod snapshot;
-pub mod transfer;
+pub mod triggers;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
-use hmac::{Hmac, Mac};
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use serde::Serialize;
-use sha2::Sha256;
 
 use snapshot::{Header, Reader, Record, SnapshotError, SqlValue, Writer};
 
@@ -55,15 +55,20 @@ fn order_by(table: &str) -> &'static str {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("table sync refused: {0}")]
-    Precondition(String),
+    Precondition(push::Precondition),
     #[error("snapshot refused: {0}")]
     Refused(String),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error("database: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The secondary could not be reached, or failed in a way that may
+    /// pass (5xx, busy): worth trying again.
     #[error("the secondary failed the import: {0}")]
     Peer(String),
+    /// The secondary refused the snapshot (4xx): trying again would not help.
+    #[error("the secondary refused the snapshot: {0}")]
+    PeerRefused(String),
 }
 
 impl From<rusqlite::Error> for SyncError {
@@ -174,22 +179,7 @@ pub fn export<W: Write>(
     Ok((out, stats))
 }
 
-const GENERATION_KEY: &str = "sync.generation";
-
-/// The last generation imported (or exported, on a primary).
-pub fn last_generation(conn: &Connection) -> Result<u64, SyncError> {
-    Ok(crate::store::setting(conn, GENERATION_KEY)?.unwrap_or(0))
-}
-
-/// [`last_generation`] with the store's error type.
-pub fn last_generation_store(conn: &Connection) -> Result<u64, crate::store::StoreError> {
-    last_generation(conn).map_err(|e| crate::store::StoreError::Invalid(e.to_string()))
-}
-
-/// Remember a generation.
-pub fn set_generation(conn: &Connection, g: u64) -> Result<(), SyncError> {
-    Ok(crate::store::set_setting(conn, GENERATION_KEY, g)?)
-}
+pub use crate::store::synclog::{MAX_GENERATION, last_generation, set_generation};
 
 /// Record a sync in `sync_log`.
 pub fn log(
@@ -199,11 +189,9 @@ pub fn log(
     result: &str,
     detail: &str,
 ) -> Result<(), SyncError> {
-    conn.execute(
-        "INSERT INTO sync_log (at, direction, generation, result, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![crate::store::now_ms(), direction, generation as i64, result, detail],
-    )?;
-    Ok(())
+    Ok(crate::store::synclog::log(
+        conn, direction, generation, result, detail,
+    )?)
 }
 
 /// Import a snapshot: check everything, replace the tables' rows in ONE
@@ -242,6 +230,12 @@ pub fn import<R: Read>(
     let allowed = tables_of(agreed)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let last = last_generation(&tx)?;
+    if h.generation > MAX_GENERATION {
+        return Err(SyncError::Refused(format!(
+            "generation {} is over the largest allowed, {MAX_GENERATION}",
+            h.generation
+        )));
+    }
     if h.generation <= last {
         return Err(SyncError::Refused(format!(
             "generation {} is not newer than {last}, the last one imported (an old snapshot replayed?)",
@@ -302,7 +296,15 @@ pub fn import<R: Read>(
                         cols.len()
                     )));
                 }
-                stmt.execute(rusqlite::params_from_iter(values.iter()))?;
+                let row = stats.rows.get(name.as_str()).copied().unwrap_or(0) + 1;
+                stmt.execute(rusqlite::params_from_iter(values.iter()))
+                    .map_err(|e| match e.sqlite_error_code() {
+                        // The snapshot's fault, not the store's: a 400.
+                        Some(rusqlite::ErrorCode::ConstraintViolation) => SyncError::Refused(
+                            format!("row {row} of table `{name}` breaks a constraint: {e}"),
+                        ),
+                        _ => e.into(),
+                    })?;
                 *stats.rows.entry(name.clone()).or_default() += 1;
                 total += 1;
             }
@@ -349,52 +351,6 @@ pub fn import<R: Read>(
     tx.commit()?;
     stats.bytes_raw = reader.raw_bytes();
     Ok(stats)
-}
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// The signature of an internal call.
-pub fn signature(
-    secret: &[u8],
-    method: &str,
-    path: &str,
-    timestamp: i64,
-    nonce: &str,
-    body_sha256: &[u8],
-) -> String {
-    let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
-        return String::new();
-    };
-    for part in [
-        method.as_bytes(),
-        path.as_bytes(),
-        timestamp.to_string().as_bytes(),
-        nonce.as_bytes(),
-        hex::encode(body_sha256).as_bytes(),
-    ] {
-        m.update(part);
-        m.update(b"\n");
-    }
-    hex::encode(m.finalize().into_bytes())
-}
-
-/// Check a signature in constant time.
-pub fn verify(
-    secret: &[u8],
-    method: &str,
-    path: &str,
-    timestamp: i64,
-    nonce: &str,
-    body_sha256: &[u8],
-    given: &str,
-) -> bool {
-    let expected = signature(secret, method, path, timestamp, nonce, body_sha256);
-    expected.len() == given.len()
-        && expected
-            .bytes()
-            .zip(given.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 #[cfg(test)]

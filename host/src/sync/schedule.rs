@@ -12,21 +12,6 @@
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan, civil};
 
-/// Parse `HH:MM`.
-pub fn parse_time(s: &str) -> Option<civil::Time> {
-    let (h, m) = s.trim().split_once(':')?;
-    let (h, m): (i8, i8) = (h.parse().ok()?, m.parse().ok()?);
-    civil::Time::new(h, m, 0, 0).ok()
-}
-
-/// The time zone: the configured name, or the system's.
-pub fn zone(name: Option<&str>) -> Result<TimeZone, String> {
-    match name {
-        None => Ok(TimeZone::system()),
-        Some(n) => TimeZone::get(n).map_err(|e| format!("unknown time zone {n:?}: {e}")),
-    }
-}
-
 /// The scheduled instant on `date` in `tz`.
 fn on(date: civil::Date, at: civil::Time, tz: &TimeZone) -> Option<Timestamp> {
     // `to_zoned` resolves gaps forward and folds to the earlier instant.
@@ -65,6 +50,7 @@ pub fn due(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{parse_time, zone};
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()

@@ -662,3 +662,109 @@ proptest! {
         prop_assert!(p ^ s, "exactly one active after settling: p={} s={} {:#?}", p, s, pair);
     }
 }
+
+/// Step `m`, and when the effect list's first `Persist` fails, do what the
+/// driver does: skip the rest and call `persist_failed`.
+fn step_failing_persist(m: &mut Machine, now: u64, input: Input) -> Vec<Effect> {
+    let before = m.clone();
+    let fx = m.step(now, input);
+    let mut done = Vec::new();
+    for e in fx {
+        if let Effect::Persist { fs, .. } = e {
+            m.persist_failed(before, fs);
+            return done;
+        }
+        done.push(e);
+    }
+    done
+}
+
+#[test]
+fn a_takeover_that_cannot_persist_stays_standby_and_retries_at_the_next_check() {
+    let mut s = Machine::start(settings(PairRole::Secondary), Fs::Standby, 4);
+    let mut t = 0;
+    while !s.persist_failing {
+        t += CHECK;
+        let carried_out = step_failing_persist(&mut s, t, Input::Tick);
+        assert!(carried_out.is_empty(), "nothing before the failed write");
+        assert!(t <= 2000, "the takeover came");
+    }
+    assert_eq!(s.fs, Fs::Standby, "not active without FS=1 on disk");
+    assert!(!s.gate_open && !s.active());
+    assert_eq!(s.epoch, 4, "the epoch is what the disk holds");
+    assert!(!s.failover_open, "no failover started");
+    let fx = s.step(t + CHECK, Input::Tick);
+    assert!(!s.persist_failing);
+    assert_eq!(
+        fx[..3],
+        [
+            Effect::Persist {
+                fs: Fs::Standby,
+                epoch: 4
+            },
+            Effect::Persist {
+                fs: Fs::Active,
+                epoch: 5
+            },
+            Effect::OpenGate,
+        ],
+        "the write is tried again, then the takeover"
+    );
+    assert!(s.active());
+}
+
+#[test]
+fn a_hand_over_that_cannot_persist_standby_stays_standby_without_sending() {
+    let mut s = Machine::start(settings(PairRole::Secondary), Fs::Active, 3);
+    s.step(100, Input::Tick);
+    assert!(s.active());
+    let ready_standby = PeerStatus {
+        fs: Fs::Standby,
+        epoch: 0,
+        ready: true,
+        fenced: false,
+    };
+    s.step(200, Input::LinkUp(ready_standby));
+    s.step(300, Input::Heartbeat(ready_standby));
+    s.step(400, Input::Heartbeat(ready_standby));
+    let carried_out = step_failing_persist(&mut s, 500, Input::Heartbeat(ready_standby));
+    assert_eq!(
+        carried_out,
+        vec![Effect::RaiseOff { epoch: 3 }, Effect::CloseGate],
+        "the hand-over stopped at the failed write: nothing was sent"
+    );
+    assert_eq!(s.fs, Fs::Standby, "its gate is closed: it stays standby");
+    assert!(!s.active());
+    assert!(!s.awaiting_peer, "the hand-over was not sent");
+    assert_eq!(s.peer.map(|p| p.fs), Some(Fs::Standby));
+    assert!(s.failover_open, "the failover did not end");
+    let fx = s.step(600, Input::Tick);
+    assert_eq!(
+        fx.first(),
+        Some(&Effect::Persist {
+            fs: Fs::Standby,
+            epoch: 3
+        }),
+        "the write is tried again at the next check"
+    );
+}
+
+#[test]
+fn a_switchover_to_the_secondary_persists_before_it_logs_the_failover() {
+    let mut s = Machine::start(settings(PairRole::Secondary), Fs::Standby, 2);
+    s.step(
+        100,
+        Input::LinkUp(PeerStatus {
+            fs: Fs::Active,
+            epoch: 2,
+            ready: true,
+            fenced: false,
+        }),
+    );
+    let fx = s.step(200, Input::HandOver { epoch: 2 });
+    let persist = fx.iter().position(|e| matches!(e, Effect::Persist { .. }));
+    let started = fx
+        .iter()
+        .position(|e| matches!(e, Effect::FailoverStarted { .. }));
+    assert!(persist < started, "{fx:?}");
+}
