@@ -22,7 +22,7 @@ const BUCKETS: [f64; 12] = [
 ];
 
 /// The engine's counters: (name, help), in [`Snapshot`]'s order.
-const ENGINE_COUNTERS: [(&str, &str); 5] = [
+const ENGINE_COUNTERS: [(&str, &str); 6] = [
     ("rule_calls", "Guest calls"),
     ("rule_traps", "Guest calls that trapped"),
     (
@@ -31,6 +31,10 @@ const ENGINE_COUNTERS: [(&str, &str); 5] = [
     ),
     ("rule_quarantines", "Rules quarantined"),
     ("module_compiles", "Modules compiled (cache misses)"),
+    (
+        "guest_logs_dropped",
+        "Guest log lines dropped by the per-rule rate limit",
+    ),
 ];
 
 /// A label set of one `reason`, `status` or `state` value.
@@ -57,6 +61,7 @@ pub struct Snapshot {
     pub rule_deadline_hits: u64,
     pub rule_quarantines: u64,
     pub module_compiles: u64,
+    pub guest_logs_dropped: u64,
     pub rules_loaded: u64,
     pub rules_quarantined: u64,
 }
@@ -72,8 +77,6 @@ pub struct Metrics {
     pub reload_failures: Counter,
     /// Rule runs and raises refused because one signal reached the cap.
     pub fanout_refused: Counter,
-    /// Guest log lines dropped by the per-rule rate limit.
-    pub guest_logs_dropped: Counter,
     /// Admin connections refused or shed (limit reached, no descriptor).
     pub admin_connections_refused: Family<Reason, Counter>,
     notifications: Family<Status, Counter>,
@@ -84,7 +87,7 @@ pub struct Metrics {
     /// Whether failover state could not be persisted (1 while it cannot).
     pub persist_failing: Gauge,
     /// The engine's counters, copied in at render time.
-    engine: [Counter<u64, AtomicU64>; 5],
+    engine: [Counter<u64, AtomicU64>; 6],
     rules: Family<State, Gauge>,
     registry: Registry,
 }
@@ -128,7 +131,6 @@ impl Metrics {
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             fanout_refused: Counter::default(),
-            guest_logs_dropped: Counter::default(),
             admin_connections_refused: Family::default(),
             notifications: Family::default(),
             dispatch_latency: Histogram::new(BUCKETS),
@@ -169,11 +171,6 @@ impl Metrics {
             "fanout_refused",
             "Rule runs and raises refused at the per-signal cap",
             m.fanout_refused.clone(),
-        );
-        r.register(
-            "guest_logs_dropped",
-            "Guest log lines dropped by the per-rule rate limit",
-            m.guest_logs_dropped.clone(),
         );
         r.register(
             "admin_connections_refused",
@@ -243,6 +240,7 @@ impl Metrics {
             snapshot.rule_deadline_hits,
             snapshot.rule_quarantines,
             snapshot.module_compiles,
+            snapshot.guest_logs_dropped,
         ];
         for (counter, v) in self.engine.iter().zip(values) {
             counter

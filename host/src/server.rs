@@ -126,10 +126,30 @@ pub async fn run(
     on_ready(&node, failover.as_ref());
 
     let app = crate::admin::app(node.clone(), failover);
-    let result = axum::serve(tcp, app)
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(ServeError::Http);
+    let admin = &node.config().admin;
+    let limits = crate::net::ServeLimits {
+        header_timeout: admin.header_timeout,
+        request_timeout: admin.request_timeout,
+        idle_timeout: admin.idle_timeout,
+        max_connections: admin.max_connections,
+        upload_path: Some(crate::sync::receive::PATH),
+    };
+    let metrics = node.clone();
+    crate::net::serve(
+        tcp,
+        app,
+        limits,
+        move |reason| {
+            metrics
+                .metrics()
+                .admin_connections_refused
+                .get_or_create(&crate::metrics::Reason { reason })
+                .inc();
+        },
+        stop,
+    )
+    .await;
+    let result: Result<(), ServeError> = Ok(());
     shutdown.fire();
     while tasks.join_next().await.is_some() {}
     tracing::info!("tandem stopped");

@@ -345,6 +345,11 @@ fn malformed_bytes_are_refused() {
 /// A module that emits one raise of `name` on every signal, declaring
 /// `signals` as its defaults.
 fn raiser(name: &str, signals: &[&str]) -> Vec<u8> {
+    bomber(name, signals, 1)
+}
+
+/// A rule on `signals` that raises `name` `times` times per call.
+fn bomber(name: &str, signals: &[&str], times: u32) -> Vec<u8> {
     let action = tandem_guest::wire::encode(&Action::Raise(tandem_guest::Raise {
         name: name.into(),
         fields: Default::default(),
@@ -360,7 +365,13 @@ fn raiser(name: &str, signals: &[&str]) -> Vec<u8> {
           (func (export "tandem_alloc") (param i32) (result i32) (i32.const 1024))
           (func (export "tandem_free") (param i32 i32))
           (func (export "tandem_on_signal") (param i32 i32) (result i32)
-            (call $emit (i32.const 16) (i32.const {len}))
+            (local $i i32)
+            (block $done
+              (loop $next
+                (br_if $done (i32.ge_u (local.get $i) (i32.const {times})))
+                (call $emit (i32.const 16) (i32.const {len}))
+                (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                (br $next)))
             (i32.const 0)))"#,
         data = wat_bytes(&action),
         section = wat_bytes(&rmp_serde::to_vec(signals).unwrap()),
@@ -618,4 +629,83 @@ fn fields_of_every_type_reach_the_guest() {
         )
         .with_field("bin", Value::Bin(vec![0, 1, 2]));
     assert_eq!(notifies(&executed(rs.dispatch(&sig))).len(), 1);
+}
+
+#[test]
+fn a_raise_bomb_stops_at_the_cap_and_the_bomber_is_quarantined() {
+    // Each BOMB-* raises four BOMB-X: 4^8 runs without a cap.
+    let e = Engine::new(EngineConfig {
+        max_runs: 100,
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let script = e
+        .compile("bomb", &bomber("BOMB-X", &["BOMB-*"], 4))
+        .unwrap();
+    let calm = e.compile("calm", &raiser("CALM-X", &["CALM"])).unwrap();
+    let mut rs = ruleset(&e, vec![spec("bomb", &script), spec("calm", &calm)]);
+    for i in 0..5 {
+        let o = executed(rs.dispatch(&small("BOMB-1").with_key(format!("b{i}"))));
+        assert!(o.runs.len() <= 100, "{} runs", o.runs.len());
+        assert!(
+            o.capped > 0,
+            "the rest was refused and counted: {} runs, {} actions in the first, {:?}",
+            o.runs.len(),
+            o.runs[0].actions.len(),
+            o.runs[0].error
+        );
+        assert!(
+            o.runs.iter().any(|r| r
+                .rejected
+                .iter()
+                .any(|m| m.contains("at most 100 rule runs"))),
+            "a run says why"
+        );
+    }
+    let bomb = rs.status().into_iter().find(|r| r.name == "bomb").unwrap();
+    assert!(
+        bomb.quarantined,
+        "hitting the cap 5 times in a row quarantines"
+    );
+    let o = executed(rs.dispatch(&small("CALM").with_key("c")));
+    assert_eq!(o.runs.len(), 1, "other rules keep running");
+    assert!(o.runs[0].error.is_none());
+}
+
+#[test]
+fn one_rules_patterns_never_disable_dispatch_for_the_others() {
+    let e = engine();
+    let script = e.compile("loop", &raiser("X", &["PANIC-*"])).unwrap();
+    let many: Vec<String> = (0..20_000).map(|i| format!("P{i}*Q*R")).collect();
+    let stars = vec![format!("ZZ{}", "*A".repeat(100_000))];
+    let mut rs = RuleSet::new(e.clone(), Gate::new(true));
+    let mut specs = vec![spec("good", &script)];
+    for (name, signals) in [("bigpat", many), ("stars", stars)] {
+        let mut s = spec(name, &script);
+        s.signals = signals;
+        specs.push(s);
+    }
+    let report = rs.install(specs);
+    let failed: Vec<String> = report.failed.iter().map(|(e, _)| e.to_string()).collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(
+        failed[0].contains("bigpat") && failed[0].contains("at most 256"),
+        "{failed:?}"
+    );
+    assert!(
+        failed[1].contains("stars") && failed[1].contains("at most 128"),
+        "{failed:?}"
+    );
+    let o = executed(rs.dispatch(&small("PANIC-1").with_key("p")));
+    assert_eq!(o.runs.len(), 1, "the good rule still runs");
+    // A module whose own section holds 300,000 patterns is refused at load.
+    let section: Vec<&str> = vec!["*"; 300_000];
+    let err = e
+        .compile("section", &raiser("X", &section))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("section") && err.contains("at most 256"),
+        "{err}"
+    );
 }

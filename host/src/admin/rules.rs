@@ -217,6 +217,7 @@ pub(super) async fn put_rule(
     node.store()
         .write(move |c| rules::upsert_rule(c, &stored))
         .await?;
+    node.note_tables_changed();
     node.reload().await?;
     let n = name.clone();
     let row = node
@@ -240,6 +241,7 @@ pub(super) async fn delete_rule(
     {
         return Err(ApiError::not_found(format!("no rule `{name}`")));
     }
+    node.note_tables_changed();
     node.reload().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -300,6 +302,7 @@ pub(super) async fn put_script(
             Ok(sha)
         })
         .await?;
+    node.note_tables_changed();
     let summary = node.reload().await?;
     Ok(Json(ScriptReply {
         name,

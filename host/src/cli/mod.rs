@@ -47,6 +47,17 @@ pub enum Command {
     /// Print an example config, or check a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Make a shared secret for a pair.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+/// `tandem secret ...`.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Print a new random shared secret (32 random bytes as 64 hex digits)
+    /// for `[failover] secret` on both nodes, or TANDEM_PAIR_SECRET.
+    New,
 }
 
 /// `tandem config ...`.
@@ -94,6 +105,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::shutdown::os_signal(),
                 |_, _| {},
             ))?;
+            Ok(())
+        }
+        Command::Secret(SecretCommand::New) => {
+            let secret = crate::config::new_secret()
+                .map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+            println!("{secret}");
             Ok(())
         }
         Command::Config(ConfigCommand::Example) => {

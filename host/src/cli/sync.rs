@@ -170,14 +170,46 @@ fn pull(config: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A value as an SQL literal that loads back as the same value in
+/// `sqlite3`, whatever it holds: text with a NUL or any control character
+/// (which the shell would cut or mangle) is written as the hex of its
+/// UTF-8 bytes cast to text; other text is quoted with quotes doubled.
 fn sql_literal(v: &SqlValue) -> String {
     match v {
         SqlValue::Null => "NULL".into(),
         SqlValue::Integer(i) => i.to_string(),
+        SqlValue::Real(f) if f.is_nan() => "NULL".into(),
+        SqlValue::Real(f) if f.is_infinite() => {
+            if *f > 0.0 {
+                "9e999".into()
+            } else {
+                "-9e999".into()
+            }
+        }
         SqlValue::Real(f) => format!("{f:?}"),
+        SqlValue::Text(t) if t.chars().any(char::is_control) => {
+            format!("CAST(x'{}' AS TEXT)", hex::encode(t.as_bytes()))
+        }
         SqlValue::Text(t) => format!("'{}'", t.replace('\'', "''")),
         SqlValue::Blob(b) => format!("x'{}'", hex::encode(b)),
     }
+}
+
+/// One `INSERT` statement.
+fn sql_insert(table: &str, columns: &[String], values: &[SqlValue]) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| sql_ident(c)).collect();
+    let vals: Vec<String> = values.iter().map(sql_literal).collect();
+    format!(
+        "INSERT INTO {} ({}) VALUES ({});",
+        sql_ident(table),
+        cols.join(", "),
+        vals.join(", ")
+    )
+}
+
+/// An SQL identifier, double-quoted.
+fn sql_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn export(
@@ -232,18 +264,11 @@ fn export(
             while let Some(rec) = reader.next_record()? {
                 match rec {
                     crate::sync::snapshot::Record::Table { name, columns } => {
-                        writeln!(out, "DELETE FROM {name};")?;
+                        writeln!(out, "DELETE FROM {};", sql_ident(&name))?;
                         table = (name, columns);
                     }
                     crate::sync::snapshot::Record::Row(values) => {
-                        let vals: Vec<String> = values.iter().map(sql_literal).collect();
-                        writeln!(
-                            out,
-                            "INSERT INTO {} ({}) VALUES ({});",
-                            table.0,
-                            table.1.join(", "),
-                            vals.join(", ")
-                        )?;
+                        writeln!(out, "{}", sql_insert(&table.0, &table.1, &values))?;
                     }
                     _ => {}
                 }
@@ -254,4 +279,64 @@ fn export(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dump_loads_back_the_same_values_whatever_they_hold() {
+        let nasty = [
+            "plain",
+            "it's",
+            "'); DROP TABLE person; --",
+            "a\0b",
+            "line\nbreak\r\n",
+            "esc\u{1b}[2J",
+            "semi;colon",
+            "\"dq\"",
+            "é ü 漢",
+            "",
+        ];
+        let db = rusqlite::Connection::open_in_memory().expect("db");
+        db.execute_batch(
+            "CREATE TABLE person (id INTEGER PRIMARY KEY, name TEXT, score REAL, raw BLOB);
+             CREATE TABLE keep (id INTEGER);
+             INSERT INTO keep VALUES (1);",
+        )
+        .expect("schema");
+        let cols = ["id", "name", "score", "raw"].map(String::from);
+        let mut sql = String::from("BEGIN;\n");
+        for (i, text) in nasty.iter().enumerate() {
+            let values = [
+                SqlValue::Integer(i as i64),
+                SqlValue::Text((*text).to_owned()),
+                SqlValue::Real(if i == 1 { f64::INFINITY } else { 0.5 }),
+                SqlValue::Blob(text.as_bytes().to_vec()),
+            ];
+            sql.push_str(&sql_insert("person", &cols, &values));
+            sql.push('\n');
+        }
+        sql.push_str("COMMIT;\n");
+        assert!(!sql.contains('\0'), "no NUL reaches the dump");
+        db.execute_batch(&sql).expect("the dump loads");
+        let mut stmt = db
+            .prepare("SELECT name, raw FROM person ORDER BY id")
+            .expect("select");
+        let back: Vec<(String, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(back.len(), nasty.len());
+        for ((name, raw), text) in back.iter().zip(nasty) {
+            assert_eq!(name, text);
+            assert_eq!(raw, text.as_bytes());
+        }
+        let kept: i64 = db
+            .query_row("SELECT count(*) FROM keep", [], |r| r.get(0))
+            .expect("other tables untouched");
+        assert_eq!(kept, 1);
+    }
 }

@@ -301,6 +301,21 @@ impl Config {
                 Some(failover::validate(raw.failover, role, &node.name)?)
             }
         };
+        if let Some(link) = failover.as_ref().and_then(|f| f.listen)
+            && link.port() == admin.listen.port()
+            && (link.ip() == admin.listen.ip()
+                || link.ip().is_unspecified()
+                || admin.listen.ip().is_unspecified())
+        {
+            return Err(invalid(
+                "failover.listen",
+                format!("\"{link}\""),
+                format!(
+                    "a port other than admin.listen's ({}): the link and the admin API cannot share one",
+                    admin.listen
+                ),
+            ));
+        }
         let sinks = sinks::validate(raw.sinks)?;
         Ok(Config {
             node,
@@ -415,6 +430,19 @@ mod tests {
             .to_string();
         assert!(err.contains("admin.ingest_token"), "{err}");
         Config::parse("[admin]\ntoken = \"t\"\ningest_token = \"u\"").expect("distinct");
+    }
+
+    #[test]
+    fn the_link_and_the_admin_api_cannot_share_a_port() {
+        let text = "[admin]\nlisten = \"127.0.0.1:8082\"\n[failover]\nrole = \"secondary\"\n\
+                    primary = \"p\"\nsecondary = \"tandem\"\nlisten = \"0.0.0.0:8082\"\n\
+                    secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains("failover.listen") && err.contains("admin.listen"),
+            "{err}"
+        );
+        Config::parse(&text.replace("0.0.0.0:8082", "0.0.0.0:6511")).expect("other ports");
     }
 
     #[test]

@@ -16,44 +16,101 @@ use super::names::valid_pattern;
 #[derive(Debug, Default)]
 pub struct DispatchIndex {
     exact: HashMap<Box<str>, Vec<u32>>,
-    globs: GlobSet,
-    glob_rules: Vec<u32>,
+    /// Glob sets, each with the rule of each of its globs: one set for
+    /// all rules, or one per rule when the combined set is too large.
+    sets: Vec<(GlobSet, Vec<u32>)>,
+}
+
+/// The exact names, and the globs with their rules, of `rules`.
+type Split = (HashMap<Box<str>, Vec<u32>>, Vec<(globset::Glob, u32)>);
+
+fn split<'a>(rules: impl IntoIterator<Item = (u32, &'a [String])>) -> Result<Split, String> {
+    let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+    let mut globs = Vec::new();
+    for (rule, patterns) in rules {
+        for p in patterns {
+            if !valid_pattern(p) {
+                return Err(format!(
+                    "invalid signal pattern `{p}`: use A-Z, 0-9, `_`, `-` and `*`"
+                ));
+            }
+            if p.contains('*') {
+                let glob = GlobBuilder::new(p)
+                    .literal_separator(false)
+                    .build()
+                    .map_err(|e| format!("invalid signal pattern `{p}`: {e}"))?;
+                globs.push((glob, rule));
+            } else {
+                exact.entry(p.as_str().into()).or_default().push(rule);
+            }
+        }
+    }
+    Ok((exact, globs))
+}
+
+fn set_of(globs: &[(globset::Glob, u32)]) -> Result<(GlobSet, Vec<u32>), String> {
+    let mut set = GlobSetBuilder::new();
+    for (g, _) in globs {
+        set.add(g.clone());
+    }
+    let set = set
+        .build()
+        .map_err(|e| format!("the signal patterns cannot be matched: {e}"))?;
+    Ok((set, globs.iter().map(|(_, r)| *r).collect()))
 }
 
 impl DispatchIndex {
     /// Build an index from `(rule number, patterns)`. Patterns must be
-    /// valid (see [`valid_pattern`]); the error names the bad one.
+    /// valid (see [`valid_pattern`]); the error names the bad one, or says
+    /// that the globs together cannot be matched.
     pub fn build<'a>(
         rules: impl IntoIterator<Item = (u32, &'a [String])>,
     ) -> Result<DispatchIndex, String> {
+        let (exact, globs) = split(rules)?;
+        let sets = if globs.is_empty() {
+            Vec::new()
+        } else {
+            vec![set_of(&globs)?]
+        };
+        Ok(DispatchIndex { exact, sets })
+    }
+
+    /// [`DispatchIndex::build`] for rules each of whose patterns build
+    /// alone: when the combined glob set cannot be built (too large), one
+    /// set per rule is used instead, and a rule whose set still fails is
+    /// left out and logged. One rule can never turn dispatch off for the
+    /// others.
+    pub fn build_resilient<'a>(
+        rules: impl IntoIterator<Item = (u32, &'a [String])> + Clone,
+    ) -> DispatchIndex {
+        if let Ok(index) = Self::build(rules.clone()) {
+            return index;
+        }
         let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        let mut globs = GlobSetBuilder::new();
-        let mut glob_rules = Vec::new();
+        let mut sets = Vec::new();
         for (rule, patterns) in rules {
-            for p in patterns {
-                if !valid_pattern(p) {
-                    return Err(format!(
-                        "invalid signal pattern `{p}`: use A-Z, 0-9, `_`, `-` and `*`"
-                    ));
-                }
-                if p.contains('*') {
-                    let glob = GlobBuilder::new(p)
-                        .literal_separator(false)
-                        .build()
-                        .map_err(|e| format!("invalid signal pattern `{p}`: {e}"))?;
-                    globs.add(glob);
-                    glob_rules.push(rule);
+            match split([(rule, patterns)]).and_then(|(e, g)| {
+                let set = if g.is_empty() {
+                    None
                 } else {
-                    exact.entry(p.as_str().into()).or_default().push(rule);
+                    Some(set_of(&g)?)
+                };
+                Ok((e, set))
+            }) {
+                Ok((e, set)) => {
+                    for (name, mut r) in e {
+                        exact.entry(name).or_default().append(&mut r);
+                    }
+                    sets.extend(set);
                 }
+                Err(e) => tracing::error!(rule, "rule left out of dispatch: {e}"),
             }
         }
-        let globs = globs.build().map_err(|e| e.to_string())?;
-        Ok(DispatchIndex {
-            exact,
-            globs,
-            glob_rules,
-        })
+        tracing::warn!(
+            sets = sets.len(),
+            "the combined signal patterns are too large to match at once: one matcher per rule"
+        );
+        DispatchIndex { exact, sets }
     }
 
     /// The rules `name` reaches, sorted and without repeats, into `out`
@@ -63,9 +120,9 @@ impl DispatchIndex {
         if let Some(rules) = self.exact.get(name) {
             out.extend_from_slice(rules);
         }
-        if !self.glob_rules.is_empty() {
-            self.globs.matches_into(name, scratch);
-            out.extend(scratch.iter().map(|&g| self.glob_rules[g]));
+        for (set, rules) in &self.sets {
+            set.matches_into(name, scratch);
+            out.extend(scratch.iter().map(|&g| rules[g]));
         }
         if out.len() > 1 {
             out.sort_unstable();
@@ -126,6 +183,37 @@ mod tests {
             let owned = vec![bad.to_string()];
             let err = DispatchIndex::build([(0, owned.as_slice())]).unwrap_err();
             assert!(err.contains("invalid signal pattern"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_per_rule_fallback_matches_like_the_combined_index() {
+        let owned: Vec<Vec<String>> = [
+            &["DOOR-1-OPEN"][..],
+            &["DOOR-*-OPEN", "DOOR-1-*"],
+            &["*"],
+            &["PANIC-*"],
+        ]
+        .iter()
+        .map(|ps| ps.iter().map(|p| p.to_string()).collect())
+        .collect();
+        let rules = || {
+            owned
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as u32, p.as_slice()))
+        };
+        let (exact, globs) = split(rules()).unwrap();
+        let fallback = DispatchIndex {
+            exact,
+            sets: globs
+                .iter()
+                .map(|g| set_of(std::slice::from_ref(g)).unwrap())
+                .collect(),
+        };
+        let combined = DispatchIndex::build_resilient(rules());
+        for name in ["DOOR-1-OPEN", "DOOR-22-OPEN", "PANIC-1", "PANIC", "X"] {
+            assert_eq!(find(&fallback, name), find(&combined, name), "{name}");
         }
     }
 

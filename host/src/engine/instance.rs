@@ -11,6 +11,7 @@ use wasmtime::{Store, Trap, TypedFunc};
 
 use super::limits::{LimitHit, Limiter};
 use super::linker::HostState;
+use super::linker::LogBucket;
 use super::{CallError, Engine, EngineError, Script};
 
 /// The smallest input buffer the host asks a guest for.
@@ -58,6 +59,8 @@ impl Instance {
             limiter: Limiter::new(inner.config.memory_limit, inner.budget.clone()),
             clock: inner.clock.clone(),
             emit_limits: inner.config.emit_limits,
+            logs: LogBucket::new(inner.config.log_lines_per_second),
+            stats: inner.stats.clone(),
         };
         let mut store = Store::new(&inner.wasm, state);
         store.limiter(|s| &mut s.limiter);

@@ -43,6 +43,47 @@ pub struct HostState {
     pub limiter: Limiter,
     pub clock: Clock,
     pub emit_limits: EmitLimits,
+    /// The rule's log rate limit.
+    pub logs: LogBucket,
+    pub stats: Arc<super::EngineStats>,
+}
+
+/// A token bucket for one rule's log lines: `rate` a second, bursts of
+/// twice that. Lines past it are dropped and counted; the next line that
+/// passes says how many were dropped.
+#[derive(Debug)]
+pub struct LogBucket {
+    rate: f64,
+    tokens: f64,
+    last: std::time::Instant,
+    dropped: u64,
+}
+
+impl LogBucket {
+    pub fn new(rate: u32) -> LogBucket {
+        let rate = f64::from(rate.max(1));
+        LogBucket {
+            rate,
+            tokens: rate * 2.0,
+            last: std::time::Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether a line may be written at `now`; `Some(n)` also says that
+    /// `n` lines were dropped before it.
+    fn take(&mut self, now: std::time::Instant) -> Result<u64, ()> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate * 2.0);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(std::mem::take(&mut self.dropped))
+        } else {
+            self.dropped += 1;
+            Err(())
+        }
+    }
 }
 
 impl std::fmt::Debug for HostState {
@@ -151,8 +192,22 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "log",
         |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
             with_guest_bytes(&mut caller, "log", ptr, len, |bytes, state| {
+                let dropped = match state.logs.take(std::time::Instant::now()) {
+                    Ok(dropped) => dropped,
+                    Err(()) => {
+                        state
+                            .stats
+                            .logs_dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(());
+                    }
+                };
                 let text = message(bytes);
+                let text = crate::escape::log_safe(&text);
                 let rule = &*state.rule;
+                if dropped > 0 {
+                    tracing::warn!(target: "tandem::rule", rule, dropped, "log lines dropped: over [rules] log_lines_per_second");
+                }
                 match Level::from_abi(level) {
                     Level::Error => tracing::error!(target: "tandem::rule", rule, "{text}"),
                     Level::Warn => tracing::warn!(target: "tandem::rule", rule, "{text}"),

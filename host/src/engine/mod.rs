@@ -55,6 +55,9 @@ pub struct EngineConfig {
     pub memory_budget: usize,
     /// How deep raised signals may nest.
     pub raise_depth: u32,
+    /// Rule runs one dispatched signal may cause, its raises included;
+    /// past it, runs and raises are refused and counted in the outcome.
+    pub max_runs: u32,
     /// Consecutive traps that quarantine a rule.
     pub quarantine_after: u32,
     /// Where serialized modules are cached (`None`: memory only).
@@ -63,6 +66,9 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// What one call may emit.
     pub emit_limits: EmitLimits,
+    /// Guest log lines one rule may write per second (a burst of twice
+    /// that); the rest are dropped and counted.
+    pub log_lines_per_second: u32,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +78,7 @@ impl Default for EngineConfig {
             memory_limit: 32 << 20,
             memory_budget: 1 << 30,
             raise_depth: 8,
+            max_runs: 1000,
             quarantine_after: 5,
             cache_dir: None,
             tick: Duration::from_millis(2),
@@ -79,6 +86,7 @@ impl Default for EngineConfig {
                 max_actions: 256,
                 max_bytes: 1 << 20,
             },
+            log_lines_per_second: 100,
         }
     }
 }
@@ -134,6 +142,8 @@ pub enum CallError {
     Quarantined { traps: u32, last: String },
     #[error("not instantiated: {0}")]
     NotInstantiated(String),
+    #[error("{refused} raises refused: one signal may cause at most {cap} rule runs")]
+    FanOut { cap: u32, refused: u32 },
 }
 
 impl CallError {
@@ -164,6 +174,7 @@ impl CallError {
             CallError::BadReturn(_) => "bad_return",
             CallError::Quarantined { .. } => "quarantined",
             CallError::NotInstantiated(_) => "not_instantiated",
+            CallError::FanOut { .. } => "fan_out",
         }
     }
 }
@@ -255,6 +266,8 @@ pub struct EngineStats {
     pub deadline_hits: AtomicU64,
     /// Rules quarantined.
     pub quarantines: AtomicU64,
+    /// Guest log lines dropped by the per-rule rate limit.
+    pub logs_dropped: AtomicU64,
 }
 
 impl EngineStats {
@@ -289,7 +302,7 @@ struct Inner {
     config: EngineConfig,
     budget: Arc<MemoryBudget>,
     clock: Clock,
-    stats: EngineStats,
+    stats: Arc<EngineStats>,
     _ticker: Ticker,
 }
 
@@ -355,7 +368,7 @@ impl Engine {
                 cache: ModuleCache::new(cache_dir),
                 config,
                 clock,
-                stats: EngineStats::default(),
+                stats: Arc::new(EngineStats::default()),
                 _ticker: Ticker {
                     stop,
                     thread: Some(thread),
@@ -430,14 +443,12 @@ impl Engine {
             rule: rule.to_owned(),
             problem,
         })?;
-        for p in &sections.default_signals {
-            if !valid_pattern(p) {
-                return Err(EngineError::Patterns {
-                    rule: rule.to_owned(),
-                    reason: format!("its `tandem.signals` section has an invalid pattern `{p}`"),
-                });
+        names::check_patterns(&sections.default_signals).map_err(|reason| {
+            EngineError::Patterns {
+                rule: rule.to_owned(),
+                reason: format!("its `tandem.signals` section: {reason}"),
             }
-        }
+        })?;
         let pre = inner
             .linker
             .instantiate_pre(&module)

@@ -72,6 +72,9 @@ pub struct Outcome {
     /// The signals the rules raised, in dispatch order; a run's `origin`
     /// points here.
     pub raised: Vec<Signal>,
+    /// Rule runs and raises refused because this signal reached the cap
+    /// of rule runs ([`super::EngineConfig::max_runs`]).
+    pub capped: u32,
 }
 
 impl Outcome {
@@ -164,6 +167,15 @@ pub struct RuleSet {
     encoded: Vec<u8>,
     glob_scratch: Vec<usize>,
     matched: Vec<u32>,
+    /// Rules quarantined since [`RuleSet::take_newly_quarantined`]: (name,
+    /// why), for the node to store.
+    newly_quarantined: Vec<(String, String)>,
+    /// Rules whose raises hit the cap in the current dispatch (counted
+    /// once per dispatched signal towards quarantine).
+    capped_rules: Vec<usize>,
+    /// Rules that ran without error in the current dispatch: their trap
+    /// count resets at its end, unless they hit the cap.
+    ok_rules: Vec<usize>,
 }
 
 impl RuleSet {
@@ -177,6 +189,9 @@ impl RuleSet {
             encoded: Vec::new(),
             glob_scratch: Vec::new(),
             matched: Vec::new(),
+            newly_quarantined: Vec::new(),
+            capped_rules: Vec::new(),
+            ok_rules: Vec::new(),
         }
     }
 
@@ -198,18 +213,14 @@ impl RuleSet {
         report.removed = old.into_keys().map(|k| k.to_string()).collect();
         report.removed.sort();
         next.sort_by(|a, b| a.name.cmp(&b.name));
-        // Every pattern was checked in `load`, so this cannot fail; if it
-        // somehow does, dispatch nothing rather than something wrong.
-        self.index = DispatchIndex::build(
+        // Every rule's matcher was built alone in `load`; the combined one
+        // falls back to one matcher per rule when it is too large to build.
+        self.index = DispatchIndex::build_resilient(
             next.iter()
                 .enumerate()
                 .filter(|(_, r)| r.enabled)
                 .map(|(i, r)| (i as u32, r.patterns.as_slice())),
-        )
-        .unwrap_or_else(|e| {
-            tracing::error!("dispatch index: {e}");
-            DispatchIndex::default()
-        });
+        );
         self.rules = next;
         report
     }
@@ -233,8 +244,12 @@ impl RuleSet {
             report.failed.push((e, previous.is_some()));
             previous
         };
-        if let Some(bad) = patterns.iter().find(|p| !super::valid_pattern(p)) {
-            let reason = format!("invalid signal pattern `{bad}`: use A-Z, 0-9, `_`, `-` and `*`");
+        // Each rule's patterns are checked, and its own matcher built, here:
+        // a rule whose patterns cannot be matched is refused alone and can
+        // never disable dispatch for the others.
+        if let Err(reason) = super::names::check_patterns(&patterns)
+            .and_then(|()| DispatchIndex::build([(0, patterns.as_slice())]).map(drop))
+        {
             return fail(
                 report,
                 EngineError::Patterns { rule: name, reason },
@@ -308,12 +323,21 @@ impl RuleSet {
 
     fn run(&mut self, signal: &Signal) -> Outcome {
         let mut outcome = Outcome::default();
+        self.capped_rules.clear();
+        self.ok_rules.clear();
+        // Every run and every queued raise counts towards the cap, so the
+        // queue can never hold more than the cap allows to run.
         let mut queue = VecDeque::new();
         self.process(signal, 0, 0, &mut queue, &mut outcome);
         while let Some((raised, depth)) = queue.pop_front() {
             let origin = outcome.raised.len() + 1;
             self.process(&raised, depth, origin, &mut queue, &mut outcome);
             outcome.raised.push(raised);
+        }
+        for &idx in &self.ok_rules {
+            if !self.capped_rules.contains(&idx) {
+                self.rules[idx].traps_in_row = 0;
+            }
         }
         outcome
     }
@@ -345,19 +369,38 @@ impl RuleSet {
             depth,
             origin,
         };
+        let cap = self.engine.config().max_runs as usize;
         for i in 0..self.matched.len() {
+            // Raises already queued hold their place under the cap.
+            if outcome.runs.len() + queue.len() >= cap {
+                outcome.capped += (self.matched.len() - i) as u32;
+                break;
+            }
             let idx = self.matched[i] as usize;
-            let run = self.call(idx, &current, queue);
+            let budget = cap.saturating_sub(outcome.runs.len() + queue.len() + 1);
+            let was_quarantined = self.rules[idx].quarantined;
+            let run = self.call(idx, &current, queue, budget, &mut outcome.capped);
+            let rule = &self.rules[idx];
+            if rule.quarantined && !was_quarantined {
+                self.newly_quarantined.push((
+                    rule.name.to_string(),
+                    rule.last_error.clone().unwrap_or_default(),
+                ));
+            }
             outcome.runs.push(run);
         }
     }
 
-    /// Call rule `idx` with the encoded signal in `self.encoded`.
+    /// Call rule `idx` with the encoded signal in `self.encoded`. At most
+    /// `budget` of its raises are queued; the rest are refused (added to
+    /// `capped`), which counts towards the rule's quarantine like a trap.
     fn call(
         &mut self,
         idx: usize,
         current: &Current<'_>,
         queue: &mut VecDeque<(Signal, u32)>,
+        budget: usize,
+        capped: &mut u32,
     ) -> RuleRun {
         let (sig, depth) = (current.sig, current.depth);
         let max_depth = self.engine.config().raise_depth;
@@ -402,8 +445,10 @@ impl RuleSet {
         };
         EngineStats::bump(&stats.calls);
         let (actions, result) = instance.call(&self.encoded);
+        let ok = result.is_ok();
         match result {
-            Ok(()) => rule.traps_in_row = 0,
+            // The trap count resets below, unless the raises hit the cap.
+            Ok(()) => {}
             Err(e) if e.is_trap() => {
                 rule.instance = None;
                 Self::note_trap(rule, &e, stats, quarantine_after);
@@ -415,6 +460,8 @@ impl RuleSet {
                 run.error = Some(e);
             }
         }
+        let mut queued = 0;
+        let mut refused = 0u32;
         for (i, action) in actions.iter().enumerate() {
             let Action::Raise(raise) = action else {
                 continue;
@@ -423,6 +470,11 @@ impl RuleSet {
                 run.rejected.push(why);
                 continue;
             }
+            if queued >= budget {
+                refused += 1;
+                continue;
+            }
+            queued += 1;
             queue.push_back((
                 Signal {
                     id: sig.id,
@@ -436,10 +488,27 @@ impl RuleSet {
                 depth + 1,
             ));
         }
+        if refused > 0 {
+            *capped += refused;
+            let error = CallError::FanOut {
+                cap: self.engine.config().max_runs,
+                refused,
+            };
+            run.rejected.push(error.to_string());
+            if !self.capped_rules.contains(&idx) {
+                self.capped_rules.push(idx);
+                let rule = &mut self.rules[idx];
+                Self::note_trap(rule, &error, stats, quarantine_after);
+            }
+        } else if ok {
+            self.ok_rules.push(idx);
+        }
         run.actions = actions;
         run
     }
 
+    /// Count a trap (or a cap hit) against `rule`, quarantining it after
+    /// `after` in a row.
     fn note_trap(rule: &mut Loaded, error: &CallError, stats: &EngineStats, after: u32) {
         EngineStats::bump(&stats.traps);
         if matches!(error, CallError::Deadline(_)) {
@@ -453,6 +522,24 @@ impl RuleSet {
             EngineStats::bump(&stats.quarantines);
             tracing::error!(rule = %rule.name, "rule quarantined after {} traps in a row: {error}", rule.traps_in_row);
         }
+    }
+
+    /// The rules quarantined since the last call, with why: the node
+    /// stores them, so a restart does not run them again.
+    pub fn take_newly_quarantined(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.newly_quarantined)
+    }
+
+    /// Quarantine `name` again (from what the node stored), with `why`.
+    /// `false` if no such rule is installed.
+    pub fn restore_quarantine(&mut self, name: &str, why: &str) -> bool {
+        let Some(rule) = self.rules.iter_mut().find(|r| &*r.name == name) else {
+            return false;
+        };
+        rule.quarantined = true;
+        rule.instance = None;
+        rule.last_error = Some(why.to_owned());
+        true
     }
 
     /// The spec a rule was installed from.

@@ -174,6 +174,8 @@ impl Node {
             deadline: config.rules.deadline,
             memory_limit: config.rules.memory_limit,
             memory_budget: config.rules.memory_budget,
+            max_runs: config.rules.max_runs_per_signal,
+            log_lines_per_second: config.rules.log_lines_per_second,
             cache_dir: Some(config.node.data_dir.join("module-cache")),
             ..EngineConfig::default()
         })?;
@@ -228,6 +230,7 @@ impl Node {
             rule_deadline_hits: get(&e.deadline_hits),
             rule_quarantines: get(&e.quarantines),
             module_compiles: get(&e.compiles),
+            guest_logs_dropped: get(&e.logs_dropped),
             rules_loaded: rules_loaded as u64,
             rules_quarantined: rules_quarantined as u64,
         })
@@ -300,8 +303,14 @@ impl Node {
             .collect()
     }
 
-    /// Clear a rule's quarantine.
+    /// Clear a rule's quarantine, here and in the store.
     pub fn reset_rule(&self, name: &str) -> bool {
+        if let Err(e) = self
+            .store
+            .write_blocking(|c| rules::clear_quarantine(c, name))
+        {
+            tracing::error!(rule = %crate::escape::log_safe(name), "cannot clear the stored quarantine: {e}");
+        }
         self.lock_rules().reset(name)
     }
 
@@ -418,6 +427,7 @@ impl Node {
                     rows.push(self.event_row(&signal, &run, now));
                     results.push((signal, run));
                 }
+                save_quarantines(&tx, &mut rules)?;
             }
             events::insert(&tx, &rows)?;
             if let Some(last) = rows.last() {
@@ -455,6 +465,17 @@ impl Node {
         let started = Instant::now();
         let d = rules.dispatch(signal);
         self.metrics.observe_dispatch(started.elapsed());
+        if let Dispatch::Executed(o) = &d
+            && o.capped > 0
+        {
+            self.metrics.fanout_refused.inc_by(u64::from(o.capped));
+            tracing::warn!(
+                signal = %signal.name,
+                refused = o.capped,
+                cap = self.config.rules.max_runs_per_signal,
+                "rule runs refused: the signal reached [rules] max_runs_per_signal"
+            );
+        }
         Ok(match d {
             Dispatch::Suppressed => Run::Stored,
             Dispatch::Executed(o) => Run::Executed(o, exec::record(tx, &signal.key, now)?),
@@ -617,6 +638,7 @@ impl Node {
                             }
                         }
                     }
+                    save_quarantines(&tx, &mut rules)?;
                 }
                 let queued = self.finish(&tx, &results, now)?;
                 tx.commit()?;
@@ -666,8 +688,9 @@ impl Node {
             .map_or(Duration::ZERO, |f| f.import_delay)
     }
 
-    /// Say that synced tables changed here (rules through the API or the
-    /// rules directory): `sync_on_change` syncs shortly after.
+    /// Say that synced tables changed here (every change of rules or
+    /// scripts through the API or the rules directory, however small):
+    /// `sync_on_change` syncs shortly after.
     pub fn note_tables_changed(&self) {
         self.tables_changed.notify_one();
     }
@@ -695,9 +718,6 @@ impl Node {
             .await
             .map_err(|e| NodeError::Task(e.to_string()))??;
         self.metrics.reloads.inc_by(1);
-        if !summary.loaded.is_empty() || !summary.removed.is_empty() {
-            self.note_tables_changed();
-        }
         self.metrics
             .reload_failures
             .inc_by(summary.errors.len() as u64);
@@ -753,6 +773,9 @@ impl Node {
                 }
             }
         }
+        // Quarantine outlives restarts and reloads, until an operator
+        // resets the rule.
+        let stored_quarantine = self.store.read_blocking(rules::quarantined)?;
         let mut rules = self.lock_rules();
         specs.extend(keep.iter().filter_map(|(name, enabled)| {
             let mut spec = rules.spec(name)?;
@@ -760,6 +783,9 @@ impl Node {
             Some(spec)
         }));
         let report = rules.install(specs);
+        for (name, why) in stored_quarantine {
+            rules.restore_quarantine(&name, &why);
+        }
         drop(rules);
         errors.extend(report.failed.iter().map(|(e, kept)| {
             if *kept {
@@ -797,6 +823,7 @@ impl Node {
                     [],
                     |r| r.get(0),
                 )?;
+                crate::store::synclog::prune(c)?;
                 let events = if open > 0 {
                     events::prune_settled(c, before)?
                 } else {
@@ -809,8 +836,11 @@ impl Node {
     }
 }
 
-/// The JSON the event log keeps of a dispatch.
+/// The JSON the event log keeps of a dispatch: one object per rule run,
+/// and, when the signal reached the cap of rule runs, a last object
+/// `{"capped": N}` counting the runs and raises refused.
 fn outcome_json(o: &Outcome) -> serde_json::Value {
+    let capped = (o.capped > 0).then(|| serde_json::json!({ "capped": o.capped }));
     serde_json::Value::Array(
         o.runs
             .iter()
@@ -825,8 +855,17 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
                     "rejected": r.rejected,
                 })
             })
+            .chain(capped)
             .collect(),
     )
+}
+
+/// Store the rules quarantined by the dispatches of this transaction.
+fn save_quarantines(tx: &rusqlite::Transaction<'_>, rules: &mut RuleSet) -> Result<(), StoreError> {
+    for (name, why) in rules.take_newly_quarantined() {
+        rules::save_quarantine(tx, &name, &why)?;
+    }
+    Ok(())
 }
 
 /// Queue every notify action of an outcome; returns how many rows.

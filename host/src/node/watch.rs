@@ -252,6 +252,9 @@ pub async fn sync_dir(node: &Arc<Node>, dir: &Path) -> Result<bool, StoreError> 
             Ok((changed, errors))
         })
         .await?;
+    if changed {
+        node2.note_tables_changed();
+    }
     for (rule, error) in errors {
         match error {
             // Logged once per content: the same bad pair is not reported

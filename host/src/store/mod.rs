@@ -40,12 +40,31 @@ pub enum StoreError {
     Migration { to: u32, message: String },
     #[error("the disk is full: nothing was stored")]
     Full,
+    #[error(
+        "the database {path} is read-only: give the node's user write access to it \
+         and to its directory"
+    )]
+    ReadOnly { path: PathBuf },
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
     #[error("store task failed: {0}")]
     Task(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("write failure injected by a test")]
+    Injected,
+}
+
+/// Name the file when SQLite says it cannot write to it.
+fn read_only(e: StoreError, path: &Path) -> StoreError {
+    match &e {
+        StoreError::Sqlite(s) if s.sqlite_error_code() == Some(ErrorCode::ReadOnly) => {
+            StoreError::ReadOnly {
+                path: path.to_owned(),
+            }
+        }
+        _ => e,
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -63,6 +82,7 @@ pub struct Store {
     path: PathBuf,
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
@@ -85,12 +105,18 @@ impl Store {
         })?;
         let path = data_dir.join("tandem.db");
         let mut writer = open_conn(&path, OpenFlags::default())?;
-        schema::migrate(&mut writer)?;
+        schema::migrate(&mut writer).map_err(|e| match e {
+            StoreError::Migration { message, .. } if message.contains("readonly") => {
+                StoreError::ReadOnly { path: path.clone() }
+            }
+            e => read_only(e, &path),
+        })?;
         let reader = open_conn(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         Ok(Store {
             path,
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            fail_writes: Arc::default(),
         })
     }
 
@@ -105,7 +131,18 @@ impl Store {
         f: impl FnOnce(&mut Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn)
+        if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Injected);
+        }
+        f(&mut conn).map_err(|e| read_only(e, &self.path))
+    }
+
+    /// Test hook: make every write fail (with [`StoreError::Injected`])
+    /// until called again with `false`.
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self, on: bool) {
+        self.fail_writes
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Run `f` on the reader connection, here (a blocking call).

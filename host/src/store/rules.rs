@@ -189,6 +189,29 @@ pub fn rules_with_scripts(
         .collect()
 }
 
+/// Store that `name` is quarantined on this node, and why.
+pub fn save_quarantine(conn: &Connection, name: &str, why: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO rule_quarantine (name, since, reason) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET since = excluded.since, reason = excluded.reason",
+    )?
+    .execute(params![name, now_ms(), why])?;
+    Ok(())
+}
+
+/// An operator reset `name`: forget its quarantine.
+pub fn clear_quarantine(conn: &Connection, name: &str) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM rule_quarantine WHERE name = ?1", [name])?;
+    Ok(())
+}
+
+/// Every quarantined rule: (name, why).
+pub fn quarantined(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT name, reason FROM rule_quarantine ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,3 +70,14 @@ pub fn recent(conn: &Connection, limit: u32) -> Result<Vec<SyncLogRow>, StoreErr
 pub fn last(conn: &Connection) -> Result<Option<SyncLogRow>, StoreError> {
     Ok(recent(conn, 1)?.into_iter().next())
 }
+
+/// Rows of `sync_log` kept: older ones are pruned.
+pub const KEEP: u32 = 1000;
+
+/// Delete all but the newest [`KEEP`] rows; returns how many went.
+pub fn prune(conn: &Connection) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM sync_log WHERE id <= (SELECT id FROM sync_log ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+        [KEEP],
+    )?)
+}

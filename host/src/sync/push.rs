@@ -116,6 +116,17 @@ async fn refuse(node: &Node, why: Precondition) -> SyncError {
     SyncError::Precondition(why)
 }
 
+/// Who asked for a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// An operator (`POST /api/v1/sync`, `tandem sync now`): every refusal
+    /// goes to `sync_log`.
+    Operator,
+    /// A trigger that tries again by itself: a passing refusal is not
+    /// logged at every try.
+    Trigger,
+}
+
 /// Run a sync now, from the primary. Every refusal is recorded in
 /// `sync_log` and names what is wrong.
 pub async fn sync_now(
@@ -123,6 +134,23 @@ pub async fn sync_now(
     failover: &Handle,
     force: bool,
 ) -> Result<SyncResult, SyncError> {
+    sync_from(node, failover, force, Origin::Operator).await
+}
+
+/// [`sync_now`] for `origin`.
+pub async fn sync_from(
+    node: &Arc<Node>,
+    failover: &Handle,
+    force: bool,
+    origin: Origin,
+) -> Result<SyncResult, SyncError> {
+    let refuse = |why: Precondition| async move {
+        if origin == Origin::Trigger && why.is_passing() {
+            SyncError::Precondition(why)
+        } else {
+            refuse(node, why).await
+        }
+    };
     let started = Instant::now();
     let Some(cfg) = node.config().failover.clone() else {
         return Err(SyncError::Precondition(Precondition::Standalone));
@@ -135,13 +163,13 @@ pub async fn sync_now(
     };
     let view = failover.view();
     if let Err(why) = preconditions(&cfg, &view, env!("CARGO_PKG_VERSION")) {
-        return Err(refuse(node, why).await);
+        return Err(refuse(why).await);
     }
     let Some(peer) = view.peer.clone() else {
-        return Err(refuse(node, Precondition::NoSecondary).await);
+        return Err(refuse(Precondition::NoSecondary).await);
     };
     let Some(admin) = view.peer_admin.clone().or(peer.admin.clone()) else {
-        return Err(refuse(node, Precondition::NoPeerAdmin).await);
+        return Err(refuse(Precondition::NoPeerAdmin).await);
     };
     let generation = node
         .sync_generation()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::SyncError;
-use super::push::sync_now;
+use super::push::{Origin, sync_from};
 use crate::config::PairRole;
 use crate::failover::Handle;
 use crate::node::Node;
@@ -66,7 +66,7 @@ pub async fn run_triggers(node: Arc<Node>, failover: Handle, stop: crate::shutdo
                 continue;
             }
             _ = tokio::time::sleep_until(change_due.unwrap_or_else(Instant::now)), if change_due.is_some() => {
-                let result = sync_now(&node, &failover, false).await;
+                let result = sync_from(&node, &failover, false, Origin::Trigger).await;
                 match (&result, after_attempt(&result)) {
                     (Ok(r), _) => {
                         tracing::info!(generation = r.generation, "table sync after a change");
@@ -107,7 +107,7 @@ pub async fn run_triggers(node: Arc<Node>, failover: Handle, stop: crate::shutdo
         let Some(due) = super::schedule::due(now, last, at, &tz) else {
             continue;
         };
-        let result = sync_now(&node, &failover, false).await;
+        let result = sync_from(&node, &failover, false, Origin::Trigger).await;
         match (&result, after_attempt(&result)) {
             (Ok(r), _) => {
                 tracing::info!(generation = r.generation, "daily table sync done");
