@@ -31,12 +31,28 @@ impl NodeProc {
     /// Start a node with `config` (written by [`write_config`] into `dir`)
     /// and wait until it listens (its `listen.json` appears).
     pub fn start(dir: &Path, config: &Path) -> NodeProc {
+        let mut cmd = Command::new(tandem_bin());
+        cmd.args(["serve", "--config"]).arg(config);
+        Self::spawn(dir, config, cmd)
+    }
+
+    /// [`NodeProc::start`] under `ulimit -n nofile` (soft and hard).
+    pub fn start_limited(dir: &Path, config: &Path, nofile: u32) -> NodeProc {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "ulimit -n {nofile} && exec \"$0\" serve --config \"$1\""
+            ))
+            .arg(tandem_bin())
+            .arg(config);
+        Self::spawn(dir, config, cmd)
+    }
+
+    fn spawn(dir: &Path, config: &Path, mut cmd: Command) -> NodeProc {
         let listen = dir.join("data/listen.json");
         let _ = std::fs::remove_file(&listen);
         let log = std::fs::File::create(dir.join("node.log")).expect("log file");
-        let child = Command::new(tandem_bin())
-            .args(["serve", "--config"])
-            .arg(config)
+        let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -95,6 +111,23 @@ impl NodeProc {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// This process may open `n` descriptors (raises its soft limit up
+    /// to the hard one; `false` if the hard limit is lower).
+    pub fn raise_own_fd_limit(n: u64) -> bool {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write one plain struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_max < n {
+                return false;
+            }
+            lim.rlim_cur = lim.rlim_cur.max(n);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
         }
     }
 

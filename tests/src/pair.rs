@@ -124,6 +124,23 @@ pub fn start_pair(o: Opts, proxy: Option<&dyn Fn(String) -> String>) -> Pair {
     }
 }
 
+impl Drop for Pair {
+    /// A failing pair test shows the end of both nodes' logs: a flake is
+    /// diagnosed from the run that showed it.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (name, node) in [("primary", &self.p), ("secondary", &self.s)] {
+                let log = node.log();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("---- {name} log (last {} lines) ----", tail.len());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
 pub fn status(node: &NodeProc) -> (u16, serde_json::Value) {
     let a = get(node.admin(), "/status", None);
     (a.status, a.json())

@@ -393,3 +393,85 @@ fn a_rule_that_traps_under_load_does_not_stop_the_others() {
     let metrics = get(node.admin(), "/metrics", None).body;
     assert!(metrics.contains("tandem_rule_traps_total 5"), "{metrics}");
 }
+
+/// Wait until rule `name` exists and `pred` holds for it.
+fn wait_rule(node: &NodeProc, name: &str, pred: &dyn Fn(&serde_json::Value) -> bool) {
+    wait_api(&format!("rule `{name}`"), || {
+        let r = get(
+            node.admin(),
+            &format!("/api/v1/rules/{name}"),
+            Some("admin"),
+        );
+        r.status == 200 && pred(&r.json())
+    })
+}
+
+#[test]
+fn an_api_change_is_not_reverted_by_an_unchanged_file_and_a_file_change_wins_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = Webhook::start();
+    let rd = rules_dir(dir.path(), &[("k", "panic_button")]);
+    std::fs::write(rd.join("k.toml"), "[config]\nto = \"file@example.org\"\n").expect("toml");
+    let extra = format!("[rules]\ndir = \"{}\"\n\n{}", rd.display(), sink(&hook));
+    let config = write_config(dir.path(), "n1", &extra);
+    let node = NodeProc::start(dir.path(), &config);
+    wait_rule(&node, "k", &|r| r["config"]["to"] == "file@example.org");
+    let a = request(
+        "PUT",
+        node.admin(),
+        "/api/v1/rules/k",
+        Some("admin"),
+        br#"{"script":"k","config":{"to":"api@example.org"}}"#,
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    // The same bytes written again, then a new file: the scan that installs
+    // the new one has looked at `k` too.
+    let wasm = std::fs::read(rd.join("k.wasm")).expect("read");
+    std::fs::write(rd.join("k.wasm"), &wasm).expect("rewrite");
+    std::fs::write(rd.join("k.toml"), "[config]\nto = \"file@example.org\"\n").expect("toml");
+    std::fs::copy(sample_wasm("panic_button"), rd.join("later.wasm")).expect("copy");
+    wait_rule(&node, "later", &|r| r["loaded"] == true);
+    let k = get(node.admin(), "/api/v1/rules/k", Some("admin")).json();
+    assert_eq!(k["config"]["to"], "api@example.org", "{k}");
+    // A real change of the file wins over the API's.
+    std::fs::write(rd.join("k.toml"), "[config]\nto = \"file2@example.org\"\n").expect("toml");
+    wait_rule(&node, "k", &|r| r["config"]["to"] == "file2@example.org");
+}
+
+#[test]
+fn a_bad_sidecar_is_reported_once_and_shown_in_the_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = Webhook::start();
+    let node = start(dir.path(), &[], &hook);
+    assert!(
+        !node.log().contains("cannot read the rules directory"),
+        "the directory is created first: {}",
+        node.log()
+    );
+    let rd = dir.path().join("rules");
+    std::fs::copy(sample_wasm("panic_button"), rd.join("bad.wasm")).expect("copy");
+    std::fs::write(rd.join("bad.toml"), "signals = [not toml\n").expect("toml");
+    let errors = || {
+        get(node.admin(), "/api/v1/status", Some("admin")).json()["rules"]["last_reload_errors"]
+            .to_string()
+    };
+    wait_api("the error in the status", || errors().contains("bad.toml"));
+    // Two more scans, seen by the rules they install.
+    for extra in ["x1", "x2"] {
+        std::fs::copy(
+            sample_wasm("panic_button"),
+            rd.join(format!("{extra}.wasm")),
+        )
+        .expect("copy");
+        wait_rule(&node, extra, &|r| r["loaded"] == true);
+    }
+    let reported = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("rules directory") && l.contains("bad.toml"))
+        .count();
+    assert_eq!(reported, 1, "{}", node.log());
+    std::fs::write(rd.join("bad.toml"), "signals = [\"BAD-*\"]\n").expect("fix");
+    wait_rule(&node, "bad", &|r| r["loaded"] == true);
+    assert!(!errors().contains("bad.toml"), "{}", errors());
+}

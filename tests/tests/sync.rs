@@ -224,7 +224,8 @@ fn sync_on_change_follows_a_rule_change_and_a_types_mismatch_is_refused() {
         ..opts()
     };
     let pair = start_pair(o, None);
-    wait_normal(&pair);
+    // Changed before the pair is up: the sync waits for the secondary and
+    // both nodes to be Ready, then goes through.
     let body = r#"{"script":"k","signals":["K-*"],"config":{"to":"changed@example.org"}}"#;
     let a = request(
         "PUT",
@@ -357,7 +358,7 @@ fn pull_restores_an_emptied_primary_and_import_loads_a_standalone_node() {
     let text = std::fs::read_to_string(&sql).expect("dump");
     assert!(
         text.contains(
-            "INSERT INTO person (id, name, address, addresses) VALUES (1, 'ann', 'a@x', '{}');"
+            "INSERT INTO \"person\" (\"id\", \"name\", \"address\", \"addresses\") VALUES (1, 'ann', 'a@x', '{}');"
         ),
         "{text}"
     );
@@ -415,4 +416,68 @@ fn an_unchanged_rule_keeps_its_state_across_a_sync() {
         .find(|r| r.body["to"] == "facilities@example.org")
         .expect("notified");
     assert_eq!(n.body["signal"]["key"], "r2");
+}
+
+/// Raw HTTP: send `head` (and then `body`), read whatever answer comes
+/// within `limit`.
+fn raw_exchange(addr: &str, head: &str, body: &[u8], limit: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    s.write_all(head.as_bytes()).expect("head");
+    let _ = s.write_all(body);
+    let mut out = vec![0u8; 4096];
+    let n = s.read(&mut out).unwrap_or(0);
+    String::from_utf8_lossy(&out[..n]).into_owned()
+}
+
+fn data_files(node: &NodeProc) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(node.dir.join("data"))
+        .expect("data dir")
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("tandem.db"))
+        .collect()
+}
+
+#[test]
+fn an_unsigned_upload_is_refused_before_its_body_and_cannot_swap_a_signed_one() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let pair = start_pair(opts(), None);
+    wait_normal(&pair);
+    let addr = pair.s.admin().trim_start_matches("http://").to_owned();
+    let before = data_files(&pair.s);
+    // Parked: a Content-Length and no body. The answer comes at once.
+    let parked = raw_exchange(
+        &addr,
+        "POST /internal/v1/sync HTTP/1.1\r\nHost: x\r\nContent-Length: 713\r\n\r\n",
+        b"",
+        Duration::from_secs(10),
+    );
+    assert!(parked.starts_with("HTTP/1.1 401"), "{parked}");
+    // A forged snapshot of 10 MB: refused without being stored.
+    let forged = raw_exchange(
+        &addr,
+        "POST /internal/v1/sync HTTP/1.1\r\nHost: x\r\nContent-Length: 41943040\r\n\
+         x-tandem-timestamp: 1\r\nx-tandem-nonce: 00112233445566778899aabbccddeeff\r\n\
+         x-tandem-content-sha256: 0000000000000000000000000000000000000000000000000000000000000000\r\n\
+         x-tandem-content-length: 41943040\r\nx-tandem-signature: 00\r\n\r\n",
+        &vec![b'z'; 10 << 20],
+        Duration::from_secs(10),
+    );
+    assert!(forged.starts_with("HTTP/1.1 401"), "{forged}");
+    // The signed sync goes through with the primary's data, not an
+    // attacker's, and nothing is left behind.
+    let a = post(pair.p.admin(), "/api/v1/sync", Some("admin"), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let names: Vec<_> = rules(&pair.s)
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(names.contains(&"k".to_owned()), "{names:?}");
+    assert_eq!(data_files(&pair.s), before, "no temporary file left");
+    let status = get(pair.s.admin(), "/api/v1/status", Some("admin")).json();
+    assert_eq!(status["last_sync"]["direction"], "import", "{status}");
+    assert_eq!(status["last_sync"]["result"], "ok", "{status}");
 }

@@ -303,6 +303,7 @@ impl Config {
         };
         if let Some(link) = failover.as_ref().and_then(|f| f.listen)
             && link.port() == admin.listen.port()
+            && link.port() != 0
             && (link.ip() == admin.listen.ip()
                 || link.ip().is_unspecified()
                 || admin.listen.ip().is_unspecified())

@@ -168,7 +168,7 @@ struct Driver {
     /// Our last execution number sent on the current link.
     streamed: u64,
     /// A copy-back batch is on its way (up to this event id).
-    copy_inflight: Option<i64>,
+    copy_inflight: Option<(i64, Instant)>,
     /// When the last copy-back batch was acknowledged.
     copy_acked: Option<Instant>,
     /// Why the last FS write failed, until one succeeds.
@@ -638,7 +638,8 @@ impl Driver {
                 }
             }
             LinkEvent::CopyBackAck { id, upto } => {
-                if self.conn.as_ref().is_none_or(|c| c.id != id) || self.copy_inflight != Some(upto)
+                if self.conn.as_ref().is_none_or(|c| c.id != id)
+                    || self.copy_inflight.map(|(u, _)| u) != Some(upto)
                 {
                     return;
                 }
@@ -865,6 +866,16 @@ impl Driver {
             self.copy_inflight = None;
             return;
         }
+        // A batch the peer never acknowledged (it could not store it) is
+        // sent again: storing a batch twice changes nothing there.
+        let ack_wait = (self.cfg.check_interval * 10).max(std::time::Duration::from_secs(2));
+        if self
+            .copy_inflight
+            .is_some_and(|(_, sent)| sent.elapsed() > ack_wait)
+        {
+            tracing::warn!("copy-back: no acknowledgement, sending the batch again");
+            self.copy_inflight = None;
+        }
         if self.copy_inflight.is_some()
             || self
                 .copy_acked
@@ -889,7 +900,7 @@ impl Driver {
                 let Some(upto) = events.last().map(|e| e.id) else {
                     return;
                 };
-                self.copy_inflight = Some(upto);
+                self.copy_inflight = Some((upto, Instant::now()));
                 self.send_body(Body::CopyBack {
                     upto,
                     events: events.iter().map(Into::into).collect(),
