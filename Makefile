@@ -11,7 +11,11 @@ WASM_TARGET := wasm32-unknown-unknown
 RULES       := panic-button failover-notify door-held-open threshold
 WASM_DIR    := target/$(WASM_TARGET)/release
 
-.PHONY: all wasm-target rules build test bench lint run demo clean
+# Debian packages the tests run for real (the docs test runs curl and
+# sqlite3 as the docs show them), installed when missing.
+TEST_TOOLS  := sqlite3 curl
+
+.PHONY: all wasm-target rules build test-deps test bench lint run demo clean
 
 all: rules build
 
@@ -26,7 +30,14 @@ rules: wasm-target
 build:
 	$(CARGO) build --release -p tandem-host
 
-test: rules
+test-deps:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+test: rules test-deps
 	$(CARGO) build -p tandem-host --bin tandem
 	$(CARGO) test --workspace
 

@@ -53,7 +53,10 @@ impl NodeProc {
         let _ = std::fs::remove_file(&listen);
         let log = std::fs::File::create(dir.join("node.log")).expect("log file");
         let child = cmd
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TANDEM_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -632,6 +632,7 @@ impl Driver {
                     return;
                 }
                 let peer = self.cfg.peer_name().to_owned();
+                tracing::debug!(upto, events = events.len(), "copy-back batch received");
                 match self.node.import_copy(peer, events, notifications).await {
                     Ok(()) => self.send_body(Body::CopyBackAck(upto)),
                     Err(e) => tracing::error!("cannot store copied-back rows: {e}"),
@@ -900,6 +901,7 @@ impl Driver {
                 let Some(upto) = events.last().map(|e| e.id) else {
                     return;
                 };
+                tracing::debug!(upto, events = events.len(), "copy-back batch sent");
                 self.copy_inflight = Some((upto, Instant::now()));
                 self.send_body(Body::CopyBack {
                     upto,
