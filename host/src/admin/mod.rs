@@ -7,10 +7,10 @@
 //! Errors are `{"error", "code"}` ([`ApiError`]); answers are the typed
 //! structs of each resource's file.
 //!
-//! - [`status`]: `/status`, `/metrics`, `/api/v1/status`;
-//! - [`signals`]: ingest; [`rules`]: rules and scripts;
-//! - [`history`]: events, notifications, failovers;
-//! - [`pair`]: failback, switchover, sync; [`internal`]: the peer's calls.
+//! - `status`: `/status`, `/metrics`, `/api/v1/status`;
+//! - `signals`: ingest; `rules`: rules and scripts;
+//! - `history`: events, notifications, failovers;
+//! - `pair`: failback, switchover, sync; `internal`: the peer's calls.
 
 mod error;
 mod history;

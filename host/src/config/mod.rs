@@ -8,10 +8,10 @@
 //! `config` is a leaf: the types other modules need from it (the pair role,
 //! the failback mode, the daily sync time) are defined here.
 //!
-//! - [`raw`]: the file as written (serde, unknown keys refused);
-//! - [`units`]: durations, sizes, times, zones, secrets;
-//! - [`failover`]: `[failover]`; [`sinks`]: `[[sinks]]`;
-//! - [`example`]: what `tandem config example` prints.
+//! - `raw`: the file as written (serde, unknown keys refused);
+//! - `units`: durations, sizes, times, zones, secrets;
+//! - `failover`: `[failover]`; `sinks`: `[[sinks]]`;
+//! - `example`: what `tandem config example` prints.
 
 mod example;
 mod failover;

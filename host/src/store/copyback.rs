@@ -145,7 +145,7 @@ pub fn set_last_copied(conn: &Connection, id: i64) -> Result<(), StoreError> {
 
 /// The next batch: this node's executed events after `after`, with their
 /// notifications, at most `limit` events and [`MAX_BATCH_BYTES`]. A first
-/// event that alone is over the cap goes alone, slimmed (see [`slim`]).
+/// event that alone is over the cap goes alone, slimmed (see `slim`).
 pub fn batch(
     conn: &Connection,
     node: &str,

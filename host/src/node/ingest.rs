@@ -1,0 +1,284 @@
+//! Ingest: validate a batch, run each signal through the rule set (the
+//! gate decides whether rules run), then store in ONE transaction every
+//! signal with what its rules did and every notification they asked for.
+//! The caller replies only after the commit.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tandem_guest::Signal;
+
+use super::notify::queue_notifications;
+use super::*;
+
+impl Node {
+    /// Check a batch against the limits and the naming rules.
+    pub fn validate(&self, batch: &[SignalInput], internal: bool) -> Result<(), IngestError> {
+        if batch.is_empty() {
+            return Err(IngestError::BadSignal {
+                index: 0,
+                message: "the batch is empty: send a signal object or a non-empty array".into(),
+            });
+        }
+        if batch.len() > self.limits.max_batch {
+            return Err(IngestError::TooLarge(format!(
+                "{} signals in one request; at most {} are allowed",
+                batch.len(),
+                self.limits.max_batch
+            )));
+        }
+        for (index, s) in batch.iter().enumerate() {
+            if !valid_name(&s.name) {
+                return Err(IngestError::BadSignal {
+                    index,
+                    message: format!(
+                        "name {:?} must match [A-Z0-9][A-Z0-9_-]*, e.g. DOOR-1-OPEN",
+                        s.name
+                    ),
+                });
+            }
+            if !internal && crate::engine::names::host_only(&s.name).is_some() {
+                return Err(IngestError::Reserved {
+                    index,
+                    name: s.name.clone(),
+                });
+            }
+            if s.fields.len() > self.limits.max_fields {
+                return Err(IngestError::TooLarge(format!(
+                    "signal {index} has {} fields; at most {} are allowed",
+                    s.fields.len(),
+                    self.limits.max_fields
+                )));
+            }
+            if s.key
+                .as_deref()
+                .is_some_and(|k| k.is_empty() || k.len() > 256)
+            {
+                return Err(IngestError::BadSignal {
+                    index,
+                    message: "key must be 1 to 256 characters".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Validate, dispatch and store a batch (one transaction); returns what
+    /// happened to each signal. `internal` allows host-only names.
+    pub async fn ingest(
+        self: &Arc<Self>,
+        batch: Vec<SignalInput>,
+        internal: bool,
+    ) -> Result<Vec<Accepted>, IngestError> {
+        if let Err(e) = self.validate(&batch, internal) {
+            self.metrics.signals_rejected.inc_by(batch.len() as u64);
+            return Err(e);
+        }
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.ingest_blocking(batch))
+            .await
+            .map_err(|e| IngestError::Store(StoreError::Task(e.to_string())))?
+    }
+
+    fn ingest_blocking(&self, batch: Vec<SignalInput>) -> Result<Vec<Accepted>, IngestError> {
+        let now = now_ms();
+        let node_name = self.config.node.name.clone();
+        let signals: Vec<Signal> = batch
+            .into_iter()
+            .map(|input| {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                Signal {
+                    id,
+                    key: input.key.unwrap_or_else(|| format!("{node_name}:{id}")),
+                    name: input.name,
+                    source: input.source.unwrap_or_default(),
+                    time: input.time.unwrap_or(now),
+                    fields: input.fields,
+                    replayed: false,
+                }
+            })
+            .collect();
+        let results = self.store.write_blocking(|conn| {
+            let tx = conn.transaction()?;
+            let mut seen = std::collections::HashSet::new();
+            let mut results = Vec::with_capacity(signals.len());
+            let mut rows = Vec::with_capacity(signals.len());
+            {
+                let mut rules = self.lock_rules();
+                for signal in signals {
+                    let duplicate =
+                        !seen.insert(signal.key.clone()) || exec::already_run(&tx, &signal.key)?;
+                    let run = self.run_one(&tx, &mut rules, &signal, duplicate, now)?;
+                    rows.push(self.event_row(&signal, &run, now));
+                    results.push((signal, run));
+                }
+                save_quarantines(&tx, &mut rules)?;
+            }
+            events::insert(&tx, &rows)?;
+            if let Some(last) = rows.last() {
+                events::save_next_id(&tx, last.id + 1)?;
+            }
+            let queued = self.finish(&tx, &results, now)?;
+            tx.commit()?;
+            Ok((results, queued))
+        })?;
+        let (results, queued) = results;
+        self.after_commit(&results, queued);
+        Ok(results
+            .iter()
+            .map(|(s, run)| Accepted {
+                id: s.id,
+                key: s.key.clone(),
+                executed: matches!(run, Run::Executed(..)),
+            })
+            .collect())
+    }
+
+    /// Decide and, if the gate is open, run one signal (inside the store
+    /// transaction, under the rule set's lock).
+    pub(super) fn run_one(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        rules: &mut RuleSet,
+        signal: &Signal,
+        duplicate: bool,
+        now: i64,
+    ) -> Result<Run, StoreError> {
+        if duplicate {
+            return Ok(Run::Covered);
+        }
+        let started = Instant::now();
+        let d = rules.dispatch(signal);
+        self.metrics.observe_dispatch(started.elapsed());
+        if let Dispatch::Executed(o) = &d
+            && o.capped > 0
+        {
+            self.metrics.fanout_refused.inc_by(u64::from(o.capped));
+            tracing::warn!(
+                signal = %signal.name,
+                refused = o.capped,
+                cap = self.config.rules.max_runs_per_signal,
+                "rule runs refused: the signal reached [rules] max_runs_per_signal"
+            );
+        }
+        Ok(match d {
+            Dispatch::Suppressed => Run::Stored,
+            Dispatch::Executed(o) => Run::Executed(o, exec::record(tx, &signal.key, now)?),
+        })
+    }
+
+    pub(super) fn status_of(&self, run: &Run) -> &'static str {
+        match run {
+            Run::Executed(..) => "executed",
+            Run::Covered => "covered",
+            // A pair member keeps what it could not run, to replay it.
+            Run::Stored if self.config.failover.is_some() => "pending",
+            Run::Stored => "suppressed",
+        }
+    }
+
+    fn event_row(&self, signal: &Signal, run: &Run, now: i64) -> events::NewEvent {
+        events::NewEvent {
+            id: signal.id,
+            key: signal.key.clone(),
+            name: signal.name.clone(),
+            source: signal.source.clone(),
+            time: signal.time,
+            received_at: now,
+            fields: serde_json::to_string(&signal.fields).unwrap_or_else(|_| "{}".into()),
+            node: self.config.node.name.clone(),
+            status: self.status_of(run),
+            replayed: signal.replayed,
+            outcome: match run {
+                Run::Executed(o, _) => Some(outcome_json(o).to_string()),
+                _ => None,
+            },
+        }
+    }
+
+    /// Queue the notifications of executed runs; returns how many rows.
+    pub(super) fn finish(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        results: &[(Signal, Run)],
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let mut queued = 0;
+        for (signal, run) in results {
+            if let Run::Executed(o, _) = run {
+                queued += queue_notifications(
+                    tx,
+                    &self.config.node.name,
+                    &self.config.sinks,
+                    signal,
+                    o,
+                    now,
+                )?;
+            }
+        }
+        Ok(queued)
+    }
+
+    pub(super) fn after_commit(&self, results: &[(Signal, Run)], queued: u64) {
+        let executed = results
+            .iter()
+            .filter(|(_, r)| matches!(r, Run::Executed(..)))
+            .count() as u64;
+        self.metrics.signals_received.inc_by(results.len() as u64);
+        self.metrics.signals_executed.inc_by(executed);
+        self.metrics
+            .signals_suppressed
+            .inc_by(results.len() as u64 - executed);
+        self.metrics
+            .notifications(NotificationStatus::Queued, queued);
+        if let Some(seq) = results
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Run::Executed(_, seq) => Some(*seq),
+                _ => None,
+            })
+            .max()
+        {
+            self.exec_seq.send_replace(seq);
+        }
+        if queued > 0 {
+            self.wake_delivery();
+        }
+    }
+}
+
+/// The JSON the event log keeps of a dispatch: one object per rule run,
+/// and, when the signal reached the cap of rule runs, a last object
+/// `{"capped": N}` counting the runs and raises refused.
+pub(super) fn outcome_json(o: &Outcome) -> serde_json::Value {
+    let capped = (o.capped > 0).then(|| serde_json::json!({ "capped": o.capped }));
+    serde_json::Value::Array(
+        o.runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "rule": &*r.rule,
+                    "signal": &*r.signal,
+                    "key": &*r.key,
+                    "depth": r.depth,
+                    "actions": r.actions,
+                    "error": r.error.as_ref().map(|e| serde_json::json!({"kind": e.kind(), "message": e.to_string()})),
+                    "rejected": r.rejected,
+                })
+            })
+            .chain(capped)
+            .collect(),
+    )
+}
+
+/// Store the rules quarantined by the dispatches of this transaction.
+pub(super) fn save_quarantines(
+    tx: &rusqlite::Transaction<'_>,
+    rules: &mut RuleSet,
+) -> Result<(), StoreError> {
+    for (name, why) in rules.take_newly_quarantined() {
+        rules::save_quarantine(tx, &name, &why)?;
+    }
+    Ok(())
+}

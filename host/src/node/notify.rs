@@ -1,0 +1,58 @@
+//! Notifications: turn a dispatch's notify actions into outbox rows, one
+//! per recipient (groups expand to their members) and matching sink, each
+//! with an id derived from (signal key, rule, action index, recipient).
+
+use tandem_guest::{Action, Signal};
+
+use super::*;
+
+/// Queue every notify action of an outcome; returns how many rows.
+pub(super) fn queue_notifications(
+    tx: &rusqlite::Transaction<'_>,
+    node: &str,
+    sinks: &[SinkConfig],
+    dispatched: &Signal,
+    o: &Outcome,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let mut queued = 0;
+    for run in &o.runs {
+        let signal = o.signal_of(run, dispatched);
+        let mut signal_json = None;
+        for (index, action) in run.actions.iter().enumerate() {
+            let Action::Notify(n) = action else { continue };
+            let recipients = match outbox::resolve(tx, &n.to, &n.channel)? {
+                Some(r) => r,
+                None => {
+                    tracing::warn!(rule = %run.rule, to = %n.to, "unknown or empty recipient: one notification addressed to it as is");
+                    vec![n.to.clone()]
+                }
+            };
+            let signal_json = signal_json.get_or_insert_with(|| {
+                serde_json::to_string(signal).unwrap_or_else(|_| "{}".into())
+            });
+            for to in recipients {
+                let id = notification_id(&run.key, &run.rule, index, &to);
+                for sink in sinks.iter().filter(|s| s.matcher.matches(&n.channel)) {
+                    let row = NewNotification {
+                        id: id.clone(),
+                        sink: sink.name.clone(),
+                        event_id: dispatched.id,
+                        rule: run.rule.to_string(),
+                        node: node.to_owned(),
+                        to: to.clone(),
+                        channel: n.channel.clone(),
+                        subject: n.subject.clone(),
+                        body: n.body.clone(),
+                        signal: signal_json.clone(),
+                        created_at: now,
+                    };
+                    if outbox::insert(tx, &row)? {
+                        queued += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(queued)
+}
