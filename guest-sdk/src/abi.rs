@@ -37,6 +37,11 @@ pub const MARKER_EXPORT: &str = "tandem_abi_v1";
 pub const IMPORT_MODULE: &str = "tandem";
 /// The custom section holding the default signal patterns.
 pub const SIGNALS_SECTION: &str = "tandem.signals";
+/// The custom section holding the rule's config keys ([`crate::Rule::CONFIG_KEYS`])
+/// as a msgpack array of strings. Added to ABI v1 later, and optional: a
+/// module without it (or with an empty array) declares no keys, and the
+/// host then checks none.
+pub const CONFIG_SECTION: &str = "tandem.config";
 
 /// Why a call failed, before it became a return code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,6 +407,12 @@ macro_rules! export_rule {
             static TANDEM_SIGNALS: [u8; $crate::abi::section_len(
                 <$rule as $crate::Rule>::SIGNALS,
             )] = $crate::abi::encode_section(<$rule as $crate::Rule>::SIGNALS);
+
+            #[used]
+            #[unsafe(link_section = "tandem.config")]
+            static TANDEM_CONFIG_KEYS: [u8; $crate::abi::section_len(
+                <$rule as $crate::Rule>::CONFIG_KEYS,
+            )] = $crate::abi::encode_section(<$rule as $crate::Rule>::CONFIG_KEYS);
         };
 
         #[cfg(not(target_arch = "wasm32"))]

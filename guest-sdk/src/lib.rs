@@ -83,6 +83,13 @@ pub trait Rule: Sized + 'static {
     /// `signal_rule` row may override them.
     const SIGNALS: &'static [&'static str];
 
+    /// The keys the rule's config may have, written to the module's
+    /// `tandem.config` section. When it is not empty, the node refuses a
+    /// config with any other key (a typo such as `too = ...` is an error
+    /// naming the key and the ones allowed, not a silent default). Empty,
+    /// the default, declares nothing and nothing is checked.
+    const CONFIG_KEYS: &'static [&'static str] = &[];
+
     /// Build the rule from its config. Called once per instance. Every
     /// sample rule works with an empty config; do likewise.
     fn init(config: &Config) -> Result<Self, Error>;

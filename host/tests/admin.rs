@@ -321,6 +321,19 @@ async fn rules_put_get_delete_and_reset() {
     );
     let (_, v) = call(&h, "GET", "/api/v1/rules/hot", Some("admin"), Body::empty()).await;
     assert_eq!(v["config"]["count"], 1);
+    // A key the rule does not declare (a typo) is refused, naming it and
+    // the keys the rule reads.
+    let (s, v) = call(
+        &h,
+        "PUT",
+        "/api/v1/rules/hot",
+        Some("admin"),
+        r#"{"script":"threshold","config":{"abvoe":30}}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(e.contains("`abvoe`") && e.contains("`above`"), "{e}");
     for (body, code) in [
         (r#"{"script":"nope"}"#, "unknown_script"),
         (r#"{"script":"threshold","signals":["temp"]}"#, "bad_rule"),

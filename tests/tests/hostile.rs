@@ -399,3 +399,22 @@ fn weak_pair_secrets_are_refused_and_secret_new_makes_a_strong_one() {
         }
     }
 }
+
+#[test]
+fn an_event_cursor_past_2_63_is_refused_not_wrapped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = Webhook::start();
+    let config = node_config(dir.path(), &hook, "");
+    let node = NodeProc::start(dir.path(), &config);
+    panic_is_notified(&node, &hook, "one-event");
+    for after in ["18446744073709551615", "9223372036854775808", "-1"] {
+        let a = get(
+            node.admin(),
+            &format!("/api/v1/events?after={after}"),
+            Some("admin"),
+        );
+        assert_eq!(a.status, 400, "after={after}: {}", a.body);
+    }
+    let a = get(node.admin(), "/api/v1/events?after=0", Some("admin"));
+    assert_eq!(a.json().as_array().map(Vec::len), Some(1));
+}

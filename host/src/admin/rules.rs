@@ -191,6 +191,12 @@ pub(super) async fn put_rule(
         let (name, config) = (name.clone(), put.config.clone());
         tokio::task::spawn_blocking(move || {
             let script = node.engine().compile(&name, &wasm)?;
+            script
+                .check_config(&config)
+                .map_err(|reason| crate::engine::EngineError::Config {
+                    rule: name.clone(),
+                    reason,
+                })?;
             node.engine()
                 .instantiate(
                     &name,

@@ -113,6 +113,8 @@ pub enum EngineError {
     },
     #[error("rule `{rule}`: {reason}")]
     Patterns { rule: String, reason: String },
+    #[error("rule `{rule}`: {reason}")]
+    Config { rule: String, reason: String },
     #[error("could not set up the engine: {0}")]
     Setup(String),
 }
@@ -184,6 +186,7 @@ pub struct Script {
     sha256: Sha256Digest,
     pre: InstancePre<HostState>,
     default_signals: Vec<String>,
+    config_keys: Vec<String>,
     has_init: bool,
     size: usize,
 }
@@ -208,6 +211,31 @@ impl Script {
     /// The patterns of the module's `tandem.signals` section.
     pub fn default_signals(&self) -> &[String] {
         &self.default_signals
+    }
+
+    /// The config keys the module declares (its `tandem.config` section);
+    /// empty when it declares none.
+    pub fn config_keys(&self) -> &[String] {
+        &self.config_keys
+    }
+
+    /// A config key the module does not declare, with what it allows, as
+    /// an error text; `Ok` when it declares no keys.
+    pub fn check_config(&self, config: &Config) -> Result<(), String> {
+        if self.config_keys.is_empty() {
+            return Ok(());
+        }
+        match config.0.keys().find(|k| !self.config_keys.contains(k)) {
+            None => Ok(()),
+            Some(k) => Err(format!(
+                "config key `{k}` is not one the rule reads; it reads {}",
+                self.config_keys
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
     }
 
     /// Whether it exports `tandem_init`.
@@ -460,6 +488,7 @@ impl Engine {
             sha256: sha,
             pre,
             default_signals: sections.default_signals,
+            config_keys: sections.config_keys,
             has_init: abi.has_init,
             size: wasm.len(),
         });

@@ -4,7 +4,7 @@
 //! the raw bytes without compiling or instantiating. [`check_abi`] checks a
 //! compiled module's exports and imports and names the first problem.
 
-use tandem_guest::abi::{IMPORT_MODULE, MARKER_EXPORT, SIGNALS_SECTION};
+use tandem_guest::abi::{CONFIG_SECTION, IMPORT_MODULE, MARKER_EXPORT, SIGNALS_SECTION};
 use wasmtime::wasmparser::{Parser, Payload};
 use wasmtime::{ExternType, FuncType, Module, ValType};
 
@@ -15,6 +15,8 @@ use super::linker::PROVIDED;
 pub struct Sections {
     /// The default signal patterns (empty when the section is absent).
     pub default_signals: Vec<String>,
+    /// The config keys the rule declares (empty: none declared).
+    pub config_keys: Vec<String>,
 }
 
 /// Scan `wasm` for the `tandem.signals` custom section. Errors are texts
@@ -23,11 +25,17 @@ pub fn read_default_signals(wasm: &[u8]) -> Result<Sections, String> {
     let mut out = Sections::default();
     for payload in Parser::new(0).parse_all(wasm) {
         let payload = payload.map_err(|e| e.to_string())?;
-        if let Payload::CustomSection(section) = payload
-            && section.name() == SIGNALS_SECTION
-        {
-            out.default_signals = rmp_serde::from_slice(section.data()).map_err(|e| {
-                format!("custom section `{SIGNALS_SECTION}` is not a msgpack array of strings: {e}")
+        if let Payload::CustomSection(section) = payload {
+            let target = match section.name() {
+                SIGNALS_SECTION => &mut out.default_signals,
+                CONFIG_SECTION => &mut out.config_keys,
+                _ => continue,
+            };
+            *target = rmp_serde::from_slice(section.data()).map_err(|e| {
+                format!(
+                    "custom section `{}` is not a msgpack array of strings: {e}",
+                    section.name()
+                )
             })?;
         }
     }

@@ -256,6 +256,9 @@ impl RuleSet {
                 previous,
             );
         }
+        if let Err(reason) = spec.script.check_config(&spec.config) {
+            return fail(report, EngineError::Config { rule: name, reason }, previous);
+        }
         if let Some(mut prev) = previous {
             if prev.same_instance_inputs(&spec.script, &config, spec.deadline) {
                 prev.patterns = patterns;

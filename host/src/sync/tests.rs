@@ -175,3 +175,67 @@ fn emptying_a_table_needs_force() {
     import_into(&s, &forced).unwrap();
     assert_eq!(checksum(&p), checksum(&s));
 }
+
+#[test]
+fn a_generation_that_would_overflow_is_refused() {
+    let (_p, p) = store();
+    fill(&p, "p");
+    let (_s, s) = store();
+    for g in [u64::MAX, MAX_GENERATION + 1] {
+        let err = import_into(&s, &snapshot_of(&p, g))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("over the largest allowed"), "{g}: {err}");
+    }
+    import_into(&s, &snapshot_of(&p, MAX_GENERATION)).expect("the largest is fine");
+}
+
+#[test]
+fn a_row_that_breaks_a_constraint_is_the_snapshots_fault() {
+    let (_p, p) = store();
+    let mut w = snapshot::Writer::new(Vec::new()).unwrap();
+    w.write(&Record::Header(Header {
+        format: snapshot::FORMAT.into(),
+        version: snapshot::VERSION,
+        generation: 1,
+        types: vec!["contact".into()],
+        source: "attacker".into(),
+        software: "x".into(),
+        created_at: 0,
+        force: true,
+    }))
+    .unwrap();
+    for (i, t) in tables_of(&["contact".to_owned()])
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let cols = p.read_blocking(|c| Ok(columns(c, t).unwrap())).unwrap();
+        w.write(&Record::Table {
+            name: (*t).to_owned(),
+            columns: cols.clone(),
+        })
+        .unwrap();
+        if i == 0 {
+            // person.name is NOT NULL.
+            w.write(&Record::Row(vec![SqlValue::Null; cols.len()]))
+                .unwrap();
+        }
+    }
+    w.write(&Record::End { tables: 5, rows: 1 }).unwrap();
+    let (bytes, _) = w.finish().unwrap();
+    let err = p
+        .write_blocking(|c| {
+            Ok(import(
+                c,
+                &bytes[..],
+                &["contact".to_owned()],
+                64 << 20,
+                &|| {},
+            ))
+        })
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, SyncError::Refused(_)), "{err:?}");
+    assert!(err.to_string().contains("row 1 of table `person`"), "{err}");
+}

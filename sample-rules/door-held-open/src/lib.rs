@@ -56,6 +56,7 @@ fn parse_door(name: &str) -> Option<(&str, bool)> {
 
 impl Rule for DoorHeldOpen {
     const SIGNALS: &'static [&'static str] = &["DOOR-*-OPEN", "DOOR-*-CLOSE", "TICK"];
+    const CONFIG_KEYS: &'static [&'static str] = &["seconds", "to", "channel"];
 
     fn init(config: &Config) -> Result<Self, Error> {
         let seconds = config.u64_or("seconds", 60)?;

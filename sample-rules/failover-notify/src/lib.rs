@@ -21,6 +21,7 @@ pub struct FailoverNotify {
 
 impl Rule for FailoverNotify {
     const SIGNALS: &'static [&'static str] = &["FAILOVER-ON", "FAILOVER-OFF"];
+    const CONFIG_KEYS: &'static [&'static str] = &["to", "channel"];
 
     fn init(config: &Config) -> Result<Self, Error> {
         Ok(FailoverNotify {

@@ -18,6 +18,7 @@ pub struct PanicButton {
 
 impl Rule for PanicButton {
     const SIGNALS: &'static [&'static str] = &["PANIC-*"];
+    const CONFIG_KEYS: &'static [&'static str] = &["to", "channel"];
 
     fn init(config: &Config) -> Result<Self, Error> {
         Ok(PanicButton {

@@ -38,6 +38,8 @@ pub struct Threshold {
 
 impl Rule for Threshold {
     const SIGNALS: &'static [&'static str] = &["SENSOR-*"];
+    const CONFIG_KEYS: &'static [&'static str] =
+        &["count", "signal", "field", "above", "to", "channel"];
 
     fn init(config: &Config) -> Result<Self, Error> {
         let count = config.u64_or("count", 3)?;
