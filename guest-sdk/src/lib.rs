@@ -189,7 +189,8 @@ impl Ctx {
         }));
     }
 
-    /// Add a line to the event log (and the node's log output).
+    /// Add a line to the event's outcome in the event log (a `log`
+    /// action). It does not go to the node's own log output.
     pub fn log(&mut self, level: Level, message: impl Into<String>) {
         self.emit(Action::Log(Log {
             level,

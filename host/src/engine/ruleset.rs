@@ -540,6 +540,7 @@ impl RuleSet {
             return false;
         };
         rule.quarantined = true;
+        rule.traps_in_row = rule.traps_in_row.max(self.engine.config().quarantine_after);
         rule.instance = None;
         rule.last_error = Some(why.to_owned());
         true

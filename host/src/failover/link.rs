@@ -43,8 +43,8 @@ type HmacSha256 = Hmac<Sha256>;
 pub enum LinkError {
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
-    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte cap")]
-    Oversized(usize),
+    #[error("frame of {len} bytes is over the {cap}-byte cap")]
+    Oversized { len: usize, cap: usize },
     #[error("garbage on the link: {0}")]
     Garbage(String),
     #[error("the peer does not have the pair secret")]
@@ -68,7 +68,7 @@ impl LinkError {
     pub fn kind(&self) -> &'static str {
         match self {
             LinkError::Io(_) | LinkError::Closed | LinkError::Timeout => "io",
-            LinkError::Oversized(_) => "oversized",
+            LinkError::Oversized { .. } => "oversized",
             LinkError::Garbage(_) => "garbage",
             LinkError::Auth => "auth",
             LinkError::BadMac => "bad_mac",
@@ -220,7 +220,15 @@ fn nonce() -> Result<[u8; 32], LinkError> {
     Ok(n)
 }
 
+/// The largest frame before both ends proved they hold the secret (the
+/// handshake's frames are a few dozen bytes).
+const HANDSHAKE_FRAME: usize = 1024;
+
 async fn read_frame(r: &mut OwnedReadHalf) -> Result<Vec<u8>, LinkError> {
+    read_frame_capped(r, MAX_FRAME).await
+}
+
+async fn read_frame_capped(r: &mut OwnedReadHalf, cap: usize) -> Result<Vec<u8>, LinkError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -228,8 +236,8 @@ async fn read_frame(r: &mut OwnedReadHalf) -> Result<Vec<u8>, LinkError> {
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(LinkError::Oversized(len));
+    if len > cap {
+        return Err(LinkError::Oversized { len, cap });
     }
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).await?;
@@ -238,7 +246,10 @@ async fn read_frame(r: &mut OwnedReadHalf) -> Result<Vec<u8>, LinkError> {
 
 async fn write_frame(w: &mut OwnedWriteHalf, body: &[u8]) -> Result<(), LinkError> {
     if body.len() > MAX_FRAME {
-        return Err(LinkError::Oversized(body.len()));
+        return Err(LinkError::Oversized {
+            len: body.len(),
+            cap: MAX_FRAME,
+        });
     }
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -411,7 +422,7 @@ pub async fn connect(addr: &str, secret: &[u8], mine: &Hello) -> Result<Session,
             })?,
         )
         .await?;
-        let sh: ServerHello = decode(&read_frame(&mut read).await?)?;
+        let sh: ServerHello = decode(&read_frame_capped(&mut read, HANDSHAKE_FRAME).await?)?;
         if sh.proto != PROTOCOL {
             return Err(LinkError::Protocol { theirs: sh.proto });
         }
@@ -438,7 +449,7 @@ pub async fn accept(stream: TcpStream, secret: &[u8], mine: &Hello) -> Result<Se
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         stream.set_nodelay(true)?;
         let (mut read, mut write) = stream.into_split();
-        let ch: ClientHello = decode(&read_frame(&mut read).await?)?;
+        let ch: ClientHello = decode(&read_frame_capped(&mut read, HANDSHAKE_FRAME).await?)?;
         if ch.proto != PROTOCOL {
             return Err(LinkError::Protocol { theirs: ch.proto });
         }
@@ -453,7 +464,7 @@ pub async fn accept(stream: TcpStream, secret: &[u8], mine: &Hello) -> Result<Se
             })?,
         )
         .await?;
-        let auth: ClientAuth = decode(&read_frame(&mut read).await?)?;
+        let auth: ClientAuth = decode(&read_frame_capped(&mut read, HANDSHAKE_FRAME).await?)?;
         if !verify(secret, &[b"tandem-link client", &ch.nonce, &ns], &auth.mac) {
             return Err(LinkError::Auth);
         }
@@ -584,7 +595,24 @@ mod tests {
         raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         assert!(matches!(
             server.await.unwrap(),
-            Err(LinkError::Oversized(_))
+            Err(LinkError::Oversized { .. })
+        ));
+
+        // Before the secret is proved, a frame is at most 1 KiB.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = l.accept().await.unwrap();
+            accept(stream, b"k", &hello(PairRole::Secondary)).await
+        });
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(&2048u32.to_be_bytes()).await.unwrap();
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(LinkError::Oversized {
+                len: 2048,
+                cap: 1024
+            })
         ));
 
         // A tampered sealed frame inside a session.

@@ -307,15 +307,20 @@ impl Node {
             .collect()
     }
 
-    /// Clear a rule's quarantine, here and in the store.
+    /// Clear a rule's quarantine, here and in the store; `false` when the
+    /// rule is neither loaded nor stored as quarantined.
     pub fn reset_rule(&self, name: &str) -> bool {
-        if let Err(e) = self
+        let stored = match self
             .store
             .write_blocking(|c| rules::clear_quarantine(c, name))
         {
-            tracing::error!(rule = %crate::escape::log_safe(name), "cannot clear the stored quarantine: {e}");
-        }
-        self.lock_rules().reset(name)
+            Ok(cleared) => cleared,
+            Err(e) => {
+                tracing::error!(rule = %crate::escape::log_safe(name), "cannot clear the stored quarantine: {e}");
+                false
+            }
+        };
+        self.lock_rules().reset(name) || stored
     }
 
     fn lock_rules(&self) -> std::sync::MutexGuard<'_, RuleSet> {

@@ -199,10 +199,10 @@ pub fn save_quarantine(conn: &Connection, name: &str, why: &str) -> Result<(), S
     Ok(())
 }
 
-/// An operator reset `name`: forget its quarantine.
-pub fn clear_quarantine(conn: &Connection, name: &str) -> Result<(), StoreError> {
-    conn.execute("DELETE FROM rule_quarantine WHERE name = ?1", [name])?;
-    Ok(())
+/// An operator reset `name`: forget its quarantine; `true` if there was
+/// one stored.
+pub fn clear_quarantine(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute("DELETE FROM rule_quarantine WHERE name = ?1", [name])? > 0)
 }
 
 /// Every quarantined rule: (name, why).

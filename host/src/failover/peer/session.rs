@@ -102,12 +102,19 @@ pub(super) struct Acceptor {
     pub(super) started: Instant,
 }
 
+/// Link handshakes in progress at once on the secondary's listener.
+const MAX_HANDSHAKES: usize = 8;
+
 impl Acceptor {
     pub(super) async fn run(self, listener: TcpListener, stop: Listener) {
         let stop = stop.wait();
         tokio::pin!(stop);
         let mut id = 1u64 << 32;
         let mut backoff = crate::net::AcceptBackoff::default();
+        // Unauthenticated handshakes in progress at once: more are closed
+        // at once, so idle connections cannot pile up before the secret
+        // is checked.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         loop {
             let accepted = tokio::select! {
                 _ = &mut stop => return,
@@ -125,6 +132,11 @@ impl Acceptor {
                     continue;
                 }
             };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                self.node.metrics().link_rejected("busy");
+                drop(stream);
+                continue;
+            };
             id += 1;
             let mine = hello(&self.node, &self.cfg, &self.view.borrow(), self.started);
             let (node, secret, events) = (
@@ -133,7 +145,9 @@ impl Acceptor {
                 self.events.clone(),
             );
             tokio::spawn(async move {
-                match link::accept(stream, secret.as_bytes(), &mine).await {
+                let accepted = link::accept(stream, secret.as_bytes(), &mine).await;
+                drop(permit);
+                match accepted {
                     Ok(session) => run_session(id, session, events).await,
                     Err(e) => {
                         node.metrics().link_rejected(e.kind());
