@@ -21,7 +21,9 @@ mod units;
 
 pub use example::EXAMPLE;
 pub use failover::{Failback, FailoverConfig, PairRole};
-pub use sinks::{ChannelMatcher, SinkConfig, SinkKind};
+pub use sinks::{
+    ChannelMatcher, EmailSink, SinkConfig, SinkKind, SmtpTls, WebhookFormat, WebhookSink,
+};
 pub use units::{MIN_SHARED_SECRET, new_secret, parse_duration, parse_size, parse_time, zone};
 
 use std::net::SocketAddr;

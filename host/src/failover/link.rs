@@ -104,10 +104,20 @@ pub struct Hello {
     /// The last table-sync generation it imported or exported.
     #[serde(default)]
     pub sync_generation: u64,
+    /// What it understands beyond link protocol 1's first frames (an old
+    /// peer sends none): a frame of a feature is sent only to a peer that
+    /// names it.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
+/// The features this build names in its hello.
+pub const FEATURES: &[&str] = &[FEATURE_RAISE];
+/// The peer takes [`Body::Raise`]: a host signal to run where rules run.
+pub const FEATURE_RAISE: &str = "raise";
+
 /// What travels in a sealed frame.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Body {
     Hello(Box<Hello>),
     Machine(Message),
@@ -123,6 +133,9 @@ pub enum Body {
     },
     /// The sender stored copy-back rows up to this event id of the peer.
     CopyBackAck(i64),
+    /// A host signal (NOTIFY-FAILED) raised on the standby, for the active
+    /// node to run (only to a peer naming [`FEATURE_RAISE`]).
+    Raise(super::wire::WireSignal),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -501,6 +514,7 @@ mod tests {
             admin: None,
             absorbed_seq: 0,
             sync_generation: 0,
+            features: vec![FEATURE_RAISE.into()],
         }
     }
 

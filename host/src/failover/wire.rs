@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::node::SignalInput;
 use crate::store::copyback::{CopiedEvent, CopiedNotification};
 
 /// An event row of the copy-back.
@@ -113,6 +114,41 @@ impl From<WireNotification> for CopiedNotification {
             created_at: n.created_at,
             updated_at: n.updated_at,
             last_error: n.last_error,
+        }
+    }
+}
+
+/// A signal handed to the peer to run (a host signal raised on the
+/// standby).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireSignal {
+    pub name: String,
+    pub source: Option<String>,
+    pub key: Option<String>,
+    pub time: Option<i64>,
+    pub fields: tandem_guest::Fields,
+}
+
+impl From<SignalInput> for WireSignal {
+    fn from(s: SignalInput) -> Self {
+        WireSignal {
+            name: s.name,
+            source: s.source,
+            key: s.key,
+            time: s.time,
+            fields: s.fields,
+        }
+    }
+}
+
+impl From<WireSignal> for SignalInput {
+    fn from(s: WireSignal) -> Self {
+        SignalInput {
+            name: s.name,
+            source: s.source,
+            key: s.key,
+            time: s.time,
+            fields: s.fields,
         }
     }
 }

@@ -159,7 +159,10 @@ pub struct Node {
     /// Rules directory pairs that cannot be installed: rule -> (the
     /// content's fingerprint, the error).
     dir_errors: Mutex<std::collections::BTreeMap<String, (String, String)>>,
-    delivery_wake: tokio::sync::Notify,
+    /// Where host signals go while this node is standby (set by failover).
+    forwarder: Mutex<Option<tokio::sync::mpsc::Sender<SignalInput>>>,
+    /// Bumped when rows are queued: every sink's worker wakes.
+    delivery_wake: tokio::sync::watch::Sender<u64>,
     exec_seq: tokio::sync::watch::Sender<u64>,
     sync_gen: AtomicU64,
     /// One table sync (export or import) at a time.
@@ -198,7 +201,8 @@ impl Node {
             reload_lock: tokio::sync::Mutex::new(()),
             last_reload: Mutex::new(ReloadSummary::default()),
             dir_errors: Mutex::new(std::collections::BTreeMap::new()),
-            delivery_wake: tokio::sync::Notify::new(),
+            forwarder: Mutex::new(None),
+            delivery_wake: tokio::sync::watch::channel(0).0,
             exec_seq: tokio::sync::watch::channel(last_seq).0,
             sync_gen: AtomicU64::new(sync_gen),
             sync_lock: tokio::sync::Mutex::new(()),
@@ -329,11 +333,50 @@ impl Node {
 
     /// Wake the delivery worker.
     pub fn wake_delivery(&self) {
-        self.delivery_wake.notify_one();
+        self.delivery_wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    pub(crate) async fn delivery_woken(&self) {
-        self.delivery_wake.notified().await;
+    /// Raise a host signal (NOTIFY-FAILED) where rules run: here when this
+    /// node's gate is open; otherwise handed to the active node through
+    /// the forwarder failover set ([`Node::set_forwarder`]), and stored
+    /// here as pending only when there is none or it cannot take it.
+    pub async fn raise_on_active(self: &Arc<Self>, signal: SignalInput) {
+        if !self.gate.is_open() {
+            let forwarder = self
+                .forwarder
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(f) = forwarder {
+                match f.try_send(signal) {
+                    Ok(()) => return,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(s))
+                    | Err(tokio::sync::mpsc::error::TrySendError::Closed(s)) => {
+                        tracing::warn!(signal = %s.name, "cannot hand the signal to the active node: stored here");
+                        return self.raise_here(s).await;
+                    }
+                }
+            }
+        }
+        self.raise_here(signal).await;
+    }
+
+    async fn raise_here(self: &Arc<Self>, signal: SignalInput) {
+        let name = signal.name.clone();
+        if let Err(e) = self.ingest(vec![signal], true).await {
+            tracing::error!(signal = %name, "could not raise it: {e}");
+        }
+    }
+
+    /// Failover's way to the active node: host signals raised while this
+    /// node is standby go there (see [`Node::raise_on_active`]).
+    pub fn set_forwarder(&self, forwarder: tokio::sync::mpsc::Sender<SignalInput>) {
+        *self.forwarder.lock().unwrap_or_else(|p| p.into_inner()) = Some(forwarder);
+    }
+
+    /// A receiver that sees every [`Node::wake_delivery`] after it.
+    pub(crate) fn delivery_wakes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.delivery_wake.subscribe()
     }
 
     /// Held while a table sync runs here: one at a time.

@@ -103,6 +103,58 @@ pub fn due(conn: &Connection, now: i64, limit: u32) -> Result<Vec<NotificationVi
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Pending rows of `sink` due at `now`, oldest due first.
+pub fn due_for(
+    conn: &Connection,
+    sink: &str,
+    now: i64,
+    limit: u32,
+) -> Result<Vec<NotificationView>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM notification WHERE status = 'pending' AND sink = ?1
+             AND next_attempt_at <= ?2
+         ORDER BY next_attempt_at, created_at LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![sink, now, limit], view)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The earliest next attempt among `sink`'s pending rows.
+pub fn next_due_for(conn: &Connection, sink: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT min(next_attempt_at) FROM notification WHERE status = 'pending' AND sink = ?1",
+            [sink],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// Pending rows of sinks no longer configured: failed, with why. Returns
+/// how many.
+pub fn fail_unknown_sinks(
+    conn: &Connection,
+    known: &[&str],
+    now: i64,
+) -> Result<usize, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT DISTINCT sink FROM notification WHERE status = 'pending'")?;
+    let sinks: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for sink in sinks.iter().filter(|s| !known.contains(&s.as_str())) {
+        n += conn.execute(
+            "UPDATE notification SET status = 'failed', updated_at = ?2,
+                 last_error = 'sink `' || ?1 || '` is no longer configured'
+             WHERE status = 'pending' AND sink = ?1",
+            params![sink, now],
+        )?;
+    }
+    Ok(n)
+}
+
 /// The earliest next attempt among pending rows.
 pub fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(conn

@@ -64,6 +64,7 @@ impl Driver {
         mut self,
         mut events: mpsc::Receiver<LinkEvent>,
         mut commands: mpsc::Receiver<(Command, Reply)>,
+        mut forwards: mpsc::Receiver<SignalInput>,
         stop: Listener,
     ) {
         // The first check comes one interval after start: "one check passes
@@ -95,6 +96,7 @@ impl Driver {
                     self.stream().await;
                 }
                 Some(ev) = events.recv() => self.on_link(ev).await,
+                Some(signal) = forwards.recv() => self.forward(signal).await,
                 Some((cmd, reply)) = commands.recv() => {
                     self.reply = Some(reply);
                     self.step(Input::Command(cmd)).await;
@@ -196,6 +198,15 @@ impl Driver {
                 match self.node.import_copy(peer, events, notifications).await {
                     Ok(()) => self.send_body(Body::CopyBackAck(upto)),
                     Err(e) => tracing::error!("cannot store copied-back rows: {e}"),
+                }
+            }
+            LinkEvent::Raise { id, signal } => {
+                if self.conn.as_ref().is_none_or(|c| c.id != id) {
+                    return;
+                }
+                tracing::info!(signal = %signal.name, "running a signal the peer raised while standby");
+                if let Err(e) = self.node.ingest(vec![signal], true).await {
+                    tracing::error!("could not take the peer's signal: {e}");
                 }
             }
             LinkEvent::CopyBackAck { id, upto } => {
@@ -388,6 +399,26 @@ impl Driver {
             "manual"
         } else {
             "auto"
+        }
+    }
+
+    /// A host signal raised here while standby: to the active peer when
+    /// it takes one, else stored here (it runs here at a takeover).
+    async fn forward(&mut self, signal: SignalInput) {
+        let takes = self.conn.is_some()
+            && !self.machine.active()
+            && self
+                .peer_hello
+                .as_ref()
+                .is_some_and(|h| h.features.iter().any(|f| f == link::FEATURE_RAISE))
+            && self.machine.peer.is_some_and(|p| p.fs == Fs::Active);
+        if takes {
+            tracing::info!(signal = %signal.name, "handing the signal to the active peer");
+            self.send_body(Body::Raise(signal.into()));
+            return;
+        }
+        if let Err(e) = self.node.ingest(vec![signal], true).await {
+            tracing::error!("could not raise a host signal: {e}");
         }
     }
 

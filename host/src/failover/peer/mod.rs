@@ -112,6 +112,11 @@ impl Handle {
 }
 
 enum LinkEvent {
+    /// A host signal the peer raised for this node to run.
+    Raise {
+        id: u64,
+        signal: SignalInput,
+    },
     Up {
         id: u64,
         peer: Box<Hello>,
@@ -217,6 +222,9 @@ pub async fn start(
     }
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    // Host signals raised here while standby go to the active node.
+    let (forward_tx, forward_rx) = mpsc::channel(256);
+    node.set_forwarder(forward_tx);
     let driver = Driver {
         node,
         cfg,
@@ -253,7 +261,7 @@ pub async fn start(
         };
         tokio::spawn(acceptor.run(l, stop.clone()));
     }
-    let task = tokio::spawn(driver.run(events_rx, cmd_rx, stop));
+    let task = tokio::spawn(driver.run(events_rx, cmd_rx, forward_rx, stop));
     Ok((
         Handle {
             view: view_rx,
@@ -304,6 +312,7 @@ fn hello(node: &Node, cfg: &FailoverConfig, v: &View, started: Instant) -> Hello
         admin: node.admin_url().map(str::to_owned),
         absorbed_seq: v.absorbed_seq,
         sync_generation: node.sync_generation(),
+        features: link::FEATURES.iter().map(|f| (*f).to_owned()).collect(),
     }
 }
 

@@ -83,6 +83,10 @@ async fn read_loop(
                 notifications: notifications.into_iter().map(Into::into).collect(),
             },
             Ok(Body::CopyBackAck(upto)) => LinkEvent::CopyBackAck { id, upto },
+            Ok(Body::Raise(signal)) => LinkEvent::Raise {
+                id,
+                signal: signal.into(),
+            },
             Ok(Body::Hello(_)) => {
                 return LinkError::Garbage("a second hello in one session".into());
             }
