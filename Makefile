@@ -11,8 +11,9 @@ WASM_TARGET := wasm32-unknown-unknown
 RULES       := panic-button failover-notify door-held-open threshold
 WASM_DIR    := target/$(WASM_TARGET)/release
 
-# Debian packages the tests run for real (the docs test runs curl and
-# sqlite3 as the docs show them), installed when missing.
+# Debian packages the tests run for real, installed when missing: curl and
+# sqlite3 (the docs test runs them as the docs show them), and aiosmtpd, the
+# SMTP server of the delivery tests, under Debian's own /usr/bin/python3.
 TEST_TOOLS  := sqlite3 curl
 
 .PHONY: all wasm-target rules build test-deps test bench lint run demo clean
@@ -32,6 +33,7 @@ build:
 
 test-deps:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing="$$missing python3-aiosmtpd"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \

@@ -133,4 +133,6 @@ pub mod http;
 pub mod node;
 pub mod pair;
 pub mod proxy;
+pub mod smtp;
+pub mod tls;
 pub mod webhook;

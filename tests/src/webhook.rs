@@ -1,5 +1,8 @@
-//! A webhook receiver on loopback: records every request, answers with the
-//! statuses it is told to (200 once the script is used up).
+//! A webhook receiver on loopback, plain or over TLS: records every
+//! request with its headers and when it came, answers with the statuses it
+//! is told to (200 once the script is used up), with a `Retry-After` when
+//! told. And [`Hang`]: a receiver that accepts connections and never
+//! answers.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,12 +17,18 @@ pub struct Received {
     pub body: serde_json::Value,
     /// The status it was answered with.
     pub answered: u16,
+    /// Every header, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     got: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<u16>>,
+    /// Sent with 429 and 503 answers.
+    retry_after: Mutex<Option<String>>,
     changed: Condvar,
 }
 
@@ -29,6 +38,7 @@ struct Shared {
 pub struct Webhook {
     addr: String,
     shared: Arc<Shared>,
+    scheme: &'static str,
 }
 
 impl Webhook {
@@ -39,22 +49,49 @@ impl Webhook {
 
     /// Start on `addr` (to come back on a known port).
     pub fn start_on(addr: &str) -> Webhook {
+        Self::listen(addr, None)
+    }
+
+    /// Start on a free port, over TLS with `tls` (see [`crate::tls`]).
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> Webhook {
+        Self::listen("127.0.0.1:0", Some(tls))
+    }
+
+    fn listen(addr: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Webhook {
         let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = listener.local_addr().expect("addr").to_string();
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let s = s.clone();
-                std::thread::spawn(move || serve(stream, &s));
+                let (s, tls) = (s.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    None => serve(stream, &s),
+                    Some(config) => {
+                        let Ok(conn) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        serve(rustls::StreamOwned::new(conn, stream), &s);
+                    }
+                });
             }
         });
-        Webhook { addr, shared }
+        Webhook {
+            addr,
+            shared,
+            scheme,
+        }
     }
 
-    /// `http://ADDR/notify`.
+    /// `http://ADDR/notify` (or `https://`).
     pub fn url(&self) -> String {
-        format!("http://{}/notify", self.addr)
+        format!("{}://{}/notify", self.scheme, self.addr)
+    }
+
+    /// Answer 429 and 503 with `Retry-After: VALUE`.
+    pub fn retry_after(&self, value: &str) {
+        *self.shared.retry_after.lock().expect("lock") = Some(value.to_owned());
     }
 
     /// The `host:port`.
@@ -100,18 +137,14 @@ impl Webhook {
     }
 }
 
-fn serve(stream: TcpStream, shared: &Shared) {
-    let mut reader = BufReader::new(match stream.try_clone() {
-        Ok(s) => s,
-        Err(_) => return,
-    });
-    let mut writer = stream;
+fn serve<S: Read + Write>(stream: S, shared: &Shared) {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
-        let (mut length, mut key) = (0usize, None);
+        let (mut length, mut key, mut headers) = (0usize, None, Vec::new());
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -122,30 +155,73 @@ fn serve(stream: TcpStream, shared: &Shared) {
                 break;
             }
             if let Some((name, value)) = h.split_once(':') {
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.trim().parse().unwrap_or(0),
-                    "idempotency-key" => key = Some(value.trim().to_owned()),
+                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                match name.as_str() {
+                    "content-length" => length = value.parse().unwrap_or(0),
+                    "idempotency-key" => key = Some(value.clone()),
                     _ => {}
                 }
+                headers.push((name, value));
             }
         }
         let mut body = vec![0; length];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        let at = Instant::now();
         let status = shared
             .script
             .lock()
             .expect("lock")
             .pop_front()
             .unwrap_or(200);
-        let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
-        let _ = writer.write_all(answer.as_bytes());
+        let retry = match (status, shared.retry_after.lock().expect("lock").clone()) {
+            (429 | 503, Some(v)) => format!("Retry-After: {v}\r\n"),
+            _ => String::new(),
+        };
+        let answer = format!("HTTP/1.1 {status} X\r\n{retry}Content-Length: 0\r\n\r\n");
+        let _ = reader.get_mut().write_all(answer.as_bytes());
+        let _ = reader.get_mut().flush();
         shared.got.lock().expect("lock").push(Received {
             idempotency_key: key,
             body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
             answered: status,
+            headers,
+            at,
         });
         shared.changed.notify_all();
+    }
+}
+
+/// A receiver that accepts connections and never answers (a sink whose
+/// server hangs). Holds what it accepted until dropped.
+#[derive(Debug)]
+pub struct Hang {
+    addr: String,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Hang {
+    pub fn start() -> Hang {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let h = held.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                h.lock().expect("lock").push(stream);
+            }
+        });
+        Hang { addr, held }
+    }
+
+    /// `http://ADDR/notify`.
+    pub fn url(&self) -> String {
+        format!("http://{}/notify", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.held.lock().expect("lock").len()
     }
 }

@@ -21,21 +21,36 @@ pub(super) fn queue_notifications(
         let mut signal_json = None;
         for (index, action) in run.actions.iter().enumerate() {
             let Action::Notify(n) = action else { continue };
-            let recipients = match outbox::resolve(tx, &n.to, &n.channel)? {
-                Some(r) => r,
-                None => {
-                    tracing::warn!(rule = %run.rule, to = %n.to, "unknown or empty recipient: one notification addressed to it as is");
-                    vec![n.to.clone()]
-                }
-            };
             let signal_json = signal_json.get_or_insert_with(|| {
                 serde_json::to_string(signal).unwrap_or_else(|_| "{}".into())
             });
-            for to in recipients {
-                let id = notification_id(&run.key, &run.rule, index, &to);
-                for sink in sinks.iter().filter(|s| s.matcher.matches(&n.channel)) {
+            // Recipients resolve by the address kind a sink needs: an
+            // email sink takes each person's `email` address (or their
+            // default one); other sinks the address for the channel.
+            let mut resolved: Vec<(&str, Vec<String>)> = Vec::new();
+            for sink in sinks.iter().filter(|s| s.matcher.matches(&n.channel)) {
+                let kind = match sink.kind {
+                    crate::config::SinkKind::Email(_) => "email",
+                    _ => n.channel.as_str(),
+                };
+                if !resolved.iter().any(|(k, _)| *k == kind) {
+                    let recipients = match outbox::resolve(tx, &n.to, kind)? {
+                        Some(r) => r,
+                        None => {
+                            tracing::warn!(rule = %run.rule, to = %n.to, "unknown or empty recipient: one notification addressed to it as is");
+                            vec![n.to.clone()]
+                        }
+                    };
+                    resolved.push((kind, recipients));
+                }
+                let recipients = resolved
+                    .iter()
+                    .find(|(k, _)| *k == kind)
+                    .map(|(_, r)| r.as_slice())
+                    .unwrap_or_default();
+                for to in recipients {
                     let row = NewNotification {
-                        id: id.clone(),
+                        id: notification_id(&run.key, &run.rule, index, to),
                         sink: sink.name.clone(),
                         event_id: dispatched.id,
                         rule: run.rule.to_string(),
