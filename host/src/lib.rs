@@ -19,6 +19,8 @@
 //!   knows nothing of failover or the store.
 //! - [`store`]: SQLite (WAL), migrations on `PRAGMA user_version`, one
 //!   writer and one reader, never on an executor thread.
+//! - [`http_client`]: the one way outgoing HTTP(S) clients are built
+//!   (timeouts, the system's roots plus a CA file).
 //! - [`internal_auth`]: signing and checking node-to-node calls (nonces
 //!   kept in the store); the constant-time secret comparison.
 //! - [`net`]: the admin listener's timeouts, connection cap and accept
@@ -44,6 +46,7 @@ pub mod config;
 pub mod engine;
 pub mod escape;
 pub mod failover;
+pub mod http_client;
 pub mod internal_auth;
 pub mod metrics;
 pub mod net;

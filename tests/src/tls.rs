@@ -67,3 +67,74 @@ impl Default for TestCa {
         TestCa::new()
     }
 }
+
+/// A TLS front for a plain HTTP server (as a reverse proxy terminating
+/// TLS would be): each request that arrives over TLS is sent on to
+/// `target` on a connection of its own, and the answer sent back.
+#[derive(Debug)]
+pub struct TlsFront {
+    addr: String,
+}
+
+impl TlsFront {
+    pub fn start(target: &str, tls: Arc<rustls::ServerConfig>) -> TlsFront {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let target = target.to_owned();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (tls, target) = (tls.clone(), target.clone());
+                std::thread::spawn(move || {
+                    let Ok(conn) = rustls::ServerConnection::new(tls) else {
+                        return;
+                    };
+                    let mut front = rustls::StreamOwned::new(conn, stream);
+                    while forward_one(&mut front, &target).is_some() {}
+                });
+            }
+        });
+        TlsFront { addr }
+    }
+
+    /// `https://ADDR`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+/// Read one request from `front`, send it to `target`, write back the
+/// answer. `None` when the client is gone.
+fn forward_one<S: std::io::Read + std::io::Write>(front: &mut S, target: &str) -> Option<()> {
+    use std::io::{BufRead, Read, Write};
+    let mut reader = std::io::BufReader::new(&mut *front);
+    let mut head = String::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if !lower.starts_with("connection:") {
+            head.push_str(&line);
+        }
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    drop(reader);
+    let mut back = std::net::TcpStream::connect(target).ok()?;
+    back.write_all(head.as_bytes()).ok()?;
+    back.write_all(&body).ok()?;
+    let mut answer = Vec::new();
+    back.read_to_end(&mut answer).ok()?;
+    front.write_all(&answer).ok()?;
+    front.flush().ok()?;
+    Some(())
+}

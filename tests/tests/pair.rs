@@ -353,3 +353,58 @@ fn grace_then_a_returning_active_secondary_never_gives_two_active_nodes() {
     pair.hook
         .wait_until(WAIT, |g| subjects(g, "back online") == 1);
 }
+
+#[test]
+fn notify_failed_raised_on_the_standby_runs_on_the_active_node() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let o = Opts {
+        rules: vec![(
+            "escalate",
+            "panic_button",
+            "signals = [\"NOTIFY-FAILED\"]\n[config]\nto = \"escalation@example.org\"\n",
+        )],
+        ..Opts::default()
+    };
+    let mut pair = start_pair(o, None);
+    wait_normal(&pair);
+    // A loaded machine can add a failover at start: count from here.
+    let before = subjects(&pair.hook.received(), "offline");
+    pair.p.kill9();
+    pair.hook
+        .wait_until(WAIT, |g| subjects(g, "offline") > before);
+    wait_until("the secondary active", WAIT, || status(&pair.s).0 == 200);
+    // The secondary's FAILOVER-OFF notification fails after it went
+    // standby: first a 500 (retried), then a 400 (final).
+    pair.hook.answer_with(&[500, 400]);
+    pair.p.restart();
+    let got = pair.hook.wait_until(WAIT, |g| {
+        g.iter()
+            .any(|r| r.answered < 300 && r.body["to"] == "escalation@example.org")
+    });
+    let escalation = got
+        .iter()
+        .find(|r| r.answered < 300 && r.body["to"] == "escalation@example.org")
+        .expect("escalation");
+    assert_eq!(
+        escalation.body["node"], "dev4120",
+        "run by the active primary"
+    );
+    assert_eq!(escalation.body["signal"]["name"], "NOTIFY-FAILED");
+    let pending = get(
+        pair.s.admin(),
+        "/api/v1/events?name=NOTIFY-FAILED",
+        Some("admin"),
+    )
+    .json();
+    assert!(
+        pending
+            .as_array()
+            .is_none_or(|e| e.iter().all(|e| e["status"] != "pending")),
+        "not stored as pending on the standby: {pending}"
+    );
+    assert!(
+        pair.s
+            .log()
+            .contains("handing the signal to the active peer")
+    );
+}

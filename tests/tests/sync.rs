@@ -481,3 +481,31 @@ fn an_unsigned_upload_is_refused_before_its_body_and_cannot_swap_a_signed_one() 
     assert_eq!(status["last_sync"]["direction"], "import", "{status}");
     assert_eq!(status["last_sync"]["result"], "ok", "{status}");
 }
+
+#[test]
+fn a_sync_reaches_a_secondary_behind_a_tls_proxy_with_its_own_ca() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pair = start_pair(opts(), None);
+    let ca = tandem_tests::tls::TestCa::new();
+    let ca_file = ca.write_ca(&pair.p.dir);
+    let front = tandem_tests::tls::TlsFront::start(
+        pair.s.admin().trim_start_matches("http://"),
+        ca.server.clone(),
+    );
+    let config = std::fs::read_to_string(&pair.p.config).expect("config");
+    let config = config.replace(
+        &format!("peer_admin = \"{}\"", pair.s.admin()),
+        &format!(
+            "peer_admin = \"{}\"\npeer_ca_file = \"{}\"",
+            front.url(),
+            ca_file.display()
+        ),
+    );
+    assert!(config.contains("https://"), "{config}");
+    std::fs::write(&pair.p.config, config).expect("config");
+    pair.p.restart();
+    wait_normal(&pair);
+    let a = post(pair.p.admin(), "/api/v1/sync", Some("admin"), "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(rules(&pair.s).iter().any(|r| r["name"] == "k"));
+}

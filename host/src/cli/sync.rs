@@ -127,7 +127,14 @@ fn pull(config: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let bytes = rt.block_on(async {
-        let mut req = reqwest::Client::new().get(format!("{}{path}", peer.trim_end_matches('/')));
+        let client = crate::http_client::client(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(600),
+            f.peer_ca_pem.as_deref(),
+            &[],
+        )
+        .map_err(anyhow::Error::msg)?;
+        let mut req = client.get(format!("{}{path}", peer.trim_end_matches('/')));
         for (k, v) in crate::internal_auth::sign_body(
             f.secret.as_bytes(),
             &config.node.name,

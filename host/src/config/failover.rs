@@ -38,8 +38,12 @@ pub struct FailoverConfig {
     pub peer: Option<String>,
     /// The secondary listens here.
     pub listen: Option<SocketAddr>,
-    /// The peer's admin URL (named in standby replies).
+    /// The peer's admin URL (named in standby replies; table sync and
+    /// pull call it), `http://` or `https://`.
     pub peer_admin: Option<String>,
+    /// PEM certificates trusted for an `https://` peer_admin besides the
+    /// system's roots (`peer_ca_file`).
+    pub peer_ca_pem: Option<Vec<u8>>,
     pub secret: String,
     pub startup_delay: Duration,
     pub timeout: Duration,
@@ -281,6 +285,7 @@ pub(super) fn validate(
         peer,
         listen,
         peer_admin: raw.peer_admin,
+        peer_ca_pem: super::sinks::ca_pem("failover.peer_ca_file", raw.peer_ca_file)?,
         secret,
         startup_delay,
         timeout,

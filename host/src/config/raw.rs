@@ -56,6 +56,7 @@ pub(super) struct RawFailover {
     pub(super) peer: Option<String>,
     pub(super) listen: Option<String>,
     pub(super) peer_admin: Option<String>,
+    pub(super) peer_ca_file: Option<String>,
     pub(super) secret: Option<String>,
     pub(super) startup_delay: Option<String>,
     pub(super) timeout: Option<String>,

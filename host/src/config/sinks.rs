@@ -155,7 +155,7 @@ fn env_or(key: &str, value: String) -> Result<String, ConfigError> {
 
 /// The PEM file at `ca_file`, read now so a missing file is refused at
 /// start.
-fn ca_pem(key: &str, ca_file: Option<String>) -> Result<Option<Vec<u8>>, ConfigError> {
+pub(super) fn ca_pem(key: &str, ca_file: Option<String>) -> Result<Option<Vec<u8>>, ConfigError> {
     let Some(path) = ca_file else { return Ok(None) };
     let pem = std::fs::read(&path).map_err(|e| {
         invalid(

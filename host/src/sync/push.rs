@@ -191,7 +191,7 @@ pub async fn sync_from(
         PATH,
         &body,
     );
-    let outcome = post(&admin, headers, body).await;
+    let outcome = post(&admin, cfg.peer_ca_pem.as_deref(), headers, body).await;
     let (result, detail) = match &outcome {
         Ok(()) => ("ok", format!("{} rows", stats.rows.values().sum::<u64>())),
         Err(e) => ("failed", e.to_string()),
@@ -249,14 +249,12 @@ async fn export_to_memory(
 
 async fn post(
     admin: &str,
+    ca_pem: Option<&[u8]>,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
 ) -> Result<(), SyncError> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|e| SyncError::Peer(e.to_string()))?;
+    let client = crate::http_client::client(CONNECT_TIMEOUT, REQUEST_TIMEOUT, ca_pem, &[])
+        .map_err(SyncError::Peer)?;
     let mut req = client.post(format!("{}{PATH}", admin.trim_end_matches('/')));
     for (k, v) in headers {
         req = req.header(k, v);
@@ -277,7 +275,7 @@ async fn post(
                 Err(SyncError::Peer(msg))
             }
         }
-        Err(e) => Err(SyncError::Peer(e.to_string())),
+        Err(e) => Err(SyncError::Peer(crate::http_client::error_chain(&e))),
     }
 }
 

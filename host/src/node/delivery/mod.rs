@@ -105,22 +105,7 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// An error and every error it wraps, so a TLS failure says why
-/// ("invalid peer certificate: UnknownIssuer"), not only "error sending
-/// request".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
+pub use crate::http_client::error_chain;
 
 /// How a sink sends; built once per worker.
 enum Sender {

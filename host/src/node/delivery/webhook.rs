@@ -9,6 +9,7 @@
 
 use super::{Attempt, error_chain, parse_retry_after};
 use crate::config::{SinkConfig, WebhookFormat, WebhookSink};
+use crate::http_client::client;
 use crate::store::outbox::NotificationView;
 
 /// One webhook sink's client, built once.
@@ -18,37 +19,6 @@ pub struct Webhook {
     host: String,
     format: WebhookFormat,
     client: reqwest::Client,
-}
-
-/// A client for `sink`: its timeouts, headers and trusted certificates.
-pub fn client(
-    connect_timeout: std::time::Duration,
-    timeout: std::time::Duration,
-    ca_pem: Option<&[u8]>,
-    headers: &[(String, String)],
-) -> Result<reqwest::Client, String> {
-    let mut default_headers = reqwest::header::HeaderMap::new();
-    for (k, v) in headers {
-        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|e| format!("header `{k}`: {e}"))?;
-        let mut value =
-            reqwest::header::HeaderValue::from_str(v).map_err(|e| format!("header `{k}`: {e}"))?;
-        value.set_sensitive(true);
-        default_headers.insert(name, value);
-    }
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .timeout(timeout)
-        .default_headers(default_headers)
-        .https_only(false);
-    if let Some(pem) = ca_pem {
-        for cert in reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("ca_file: {}", error_chain(&e)))?
-        {
-            b = b.add_root_certificate(cert);
-        }
-    }
-    b.build().map_err(|e| error_chain(&e))
 }
 
 impl Webhook {
