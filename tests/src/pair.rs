@@ -107,15 +107,30 @@ pub fn start_pair(o: Opts, proxy: Option<&dyn Fn(String) -> String>) -> Pair {
         "wat4120",
         &(common.clone() + &failover_section("secondary", &o, PAIR_SECRET, &link)),
     );
-    let s = NodeProc::start(&s_dir, &s_cfg);
+    // The secondary's admin port is fixed up front so the primary can be
+    // told it and start first: a secondary started first on a loaded
+    // machine may take over before the primary is up (correctly: it never
+    // heard it), which would add a failover the tests did not ask for.
+    let s_admin = format!("127.0.0.1:{}", free_port());
+    let text = std::fs::read_to_string(&s_cfg).expect("config");
+    std::fs::write(
+        &s_cfg,
+        text.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{s_admin}\""),
+            1,
+        ),
+    )
+    .expect("config");
     let dial = proxy.map_or(link.clone(), |f| f(link.clone()));
     let mut p_extra = common + &failover_section("primary", &o, o.secret_p, &dial);
     p_extra = p_extra.replace(
         "[failover.advanced]",
-        &format!("peer_admin = \"{}\"\n[failover.advanced]", s.admin()),
+        &format!("peer_admin = \"http://{s_admin}\"\n[failover.advanced]"),
     );
     let p_cfg = write_config(&p_dir, "dev4120", &p_extra);
     let p = NodeProc::start(&p_dir, &p_cfg);
+    let s = NodeProc::start(&s_dir, &s_cfg);
     Pair {
         p,
         s,

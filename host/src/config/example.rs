@@ -33,7 +33,20 @@ kind = "log"
 # [[sinks]]
 # name = "oncall"
 # kind = "webhook"
-# url = "http://127.0.0.1:9000/notify"
+# url = "https://hooks.example.org/notify"   # http:// or https://
 # channels = ["*"]
 # max_age = "1h"            # older notifications are marked expired
+# concurrency = 4           # deliveries in flight; timeout = "10s", connect_timeout = "5s"
+# format = "tandem"         # or "slack": {"text": "SUBJECT: BODY"}
+# headers = { Authorization = "env:HOOK_TOKEN" }
+# ca_file = "/etc/tandem/private-ca.pem"      # besides the system's roots
+
+# [[sinks]]
+# name = "mail"
+# kind = "email"
+# host = "smtp.example.org"
+# tls = "starttls"          # starttls (587) | tls (465) | none (25)
+# username = "tandem"
+# password = "env:SMTP_PASSWORD"
+# from = "Tandem <tandem@example.org>"
 "#;

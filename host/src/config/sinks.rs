@@ -164,11 +164,12 @@ pub(super) fn ca_pem(key: &str, ca_file: Option<String>) -> Result<Option<Vec<u8
             format!("a readable PEM file of CA certificates ({e})"),
         )
     })?;
-    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+    let certs = reqwest::Certificate::from_pem_bundle(&pem);
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") || certs.is_err() {
         return Err(invalid(
             key,
             format!("{path:?}"),
-            "a PEM file holding at least one `-----BEGIN CERTIFICATE-----`",
+            "a PEM file of CA certificates that load (`-----BEGIN CERTIFICATE-----` blocks)",
         ));
     }
     Ok(Some(pem))

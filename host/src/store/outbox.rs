@@ -225,7 +225,7 @@ pub fn record(
 /// Delete finished rows last updated before `before_ms`.
 pub fn prune(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
     Ok(conn.execute(
-        "DELETE FROM notification WHERE status IN ('sent', 'failed', 'expired') AND updated_at < ?1",
+        "DELETE FROM notification WHERE status IN ('sent', 'failed', 'expired', 'remote') AND updated_at < ?1",
         [before_ms],
     )?)
 }

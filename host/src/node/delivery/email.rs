@@ -23,6 +23,8 @@ pub struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     server: String,
+    /// The whole exchange's limit (lettre's own covers the connect only).
+    timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Email {
@@ -56,7 +58,7 @@ impl Email {
         };
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(e.host.as_str())
             .port(e.port)
-            .timeout(Some(sink.timeout));
+            .timeout(Some(sink.connect_timeout));
         b = match e.tls {
             SmtpTls::None => b.tls(Tls::None),
             SmtpTls::StartTls => b.tls(Tls::Required(params()?)),
@@ -72,6 +74,7 @@ impl Email {
                 .parse()
                 .map_err(|err| format!("from {:?}: {err}", e.from))?,
             server: format!("{}:{}", e.host, e.port),
+            timeout: sink.connect_timeout + sink.timeout,
         })
     }
 
@@ -96,7 +99,14 @@ impl Email {
             Ok(m) => m,
             Err(e) => return Attempt::Failed(format!("cannot build the message: {e}")),
         };
-        match self.transport.send(message).await {
+        let sent = tokio::time::timeout(self.timeout, self.transport.send(message)).await;
+        let Ok(sent) = sent else {
+            return Attempt::Retry {
+                error: format!("{}: no answer within {:?}", self.server, self.timeout),
+                after: None,
+            };
+        };
+        match sent {
             Ok(_) => Attempt::Sent,
             Err(e) if e.is_permanent() => {
                 Attempt::Failed(format!("{}: {}", self.server, error_chain(&e)))

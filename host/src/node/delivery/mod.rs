@@ -37,6 +37,8 @@ use crate::store::outbox::{self, Delivery, NotificationView};
 /// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Due rows a worker fetches ahead of its free slots.
+const PREFETCH: usize = 64;
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -180,12 +182,19 @@ async fn worker(
     let sender = Arc::new(sender);
     let slots = sink.concurrency as usize;
     let mut wakes = node.delivery_wakes();
-    let mut in_flight: HashSet<String> = HashSet::new();
+    // Due rows fetched ahead, and every id fetched or in flight: a slot
+    // that frees takes the next row at once, without a query between.
+    let mut queue: std::collections::VecDeque<NotificationView> = Default::default();
+    let mut known: HashSet<String> = HashSet::new();
+    let mut in_flight = 0usize;
     let mut tasks = tokio::task::JoinSet::new();
+    let mut next_due = None;
+    let mut stale = true;
     loop {
-        let mut next_due = None;
-        if in_flight.len() < slots {
-            let (name, limit) = (sink.name.clone(), (slots + in_flight.len()) as u32);
+        if stale && queue.len() < slots * 4 {
+            stale = false;
+            let name = sink.name.clone();
+            let limit = (PREFETCH + known.len()) as u32;
             let due = node
                 .store()
                 .read(move |c| {
@@ -198,24 +207,25 @@ async fn worker(
                 Ok((due, next)) => {
                     next_due = next;
                     for n in due {
-                        if in_flight.len() >= slots {
-                            break;
+                        if known.insert(n.id.clone()) {
+                            queue.push_back(n);
                         }
-                        if !in_flight.insert(n.id.clone()) {
-                            continue;
-                        }
-                        let (node, sink, sender) = (node.clone(), sink.clone(), sender.clone());
-                        tasks.spawn(async move {
-                            deliver(&node, &sink, &sender, &n).await;
-                            n.id
-                        });
                     }
                 }
                 Err(e) => tracing::error!(sink = %sink.name, "delivery: {e}"),
             }
         }
+        while in_flight < slots {
+            let Some(n) = queue.pop_front() else { break };
+            in_flight += 1;
+            let (node, sink, sender) = (node.clone(), sink.clone(), sender.clone());
+            tasks.spawn(async move {
+                deliver(&node, &sink, &sender, &n).await;
+                n.id
+            });
+        }
         let wait = match next_due {
-            Some(at) if in_flight.len() < slots => {
+            Some(at) if queue.is_empty() && in_flight < slots => {
                 Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64)
             }
             _ => Duration::from_secs(1),
@@ -223,12 +233,14 @@ async fn worker(
         tokio::select! {
             _ = stop.changed() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                in_flight -= 1;
                 if let Ok(id) = done {
-                    in_flight.remove(&id);
+                    known.remove(&id);
                 }
+                stale |= queue.is_empty();
             }
-            _ = wakes.changed() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = wakes.changed() => stale = true,
+            _ = tokio::time::sleep(wait) => stale = true,
         }
     }
     // Rows still in flight stay pending: they are sent after a restart,

@@ -72,9 +72,13 @@ impl Webhook {
         let r = match response {
             Ok(r) => r,
             Err(e) => {
-                return Attempt::Retry {
-                    error: format!("{}: {}", self.host, error_chain(&e)),
-                    after: None,
+                let error = format!("{}: {}", self.host, error_chain(&e));
+                // A certificate that does not verify will not verify on
+                // the next try either: a final failure, saying why.
+                return if is_certificate_error(&error) {
+                    Attempt::Failed(error)
+                } else {
+                    Attempt::Retry { error, after: None }
                 };
             }
         };
@@ -96,5 +100,24 @@ impl Webhook {
         } else {
             Attempt::Failed(error)
         }
+    }
+}
+
+/// Whether a connection error is a certificate the client does not trust
+/// (rustls names these "invalid peer certificate").
+fn is_certificate_error(error: &str) -> bool {
+    error.contains("invalid peer certificate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_error_is_recognised() {
+        assert!(is_certificate_error(
+            "127.0.0.1:443: error sending request: client error (Connect): invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(!is_certificate_error("127.0.0.1:443: connection refused"));
     }
 }

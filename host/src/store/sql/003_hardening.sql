@@ -15,3 +15,8 @@ CREATE TABLE rule_quarantine (
     since  INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
+
+-- Each sink's worker asks for its own due rows: without the sink in the
+-- index, a sink with a large backlog (a receiver that hangs) would slow
+-- every other sink's queries.
+CREATE INDEX notification_sink_due ON notification (sink, status, next_attempt_at);
