@@ -188,6 +188,9 @@ async fn worker(
     let mut known: HashSet<String> = HashSet::new();
     let mut in_flight = 0usize;
     let mut tasks = tokio::task::JoinSet::new();
+    // A task says here when its request is over, before it records the
+    // result: `concurrency` counts requests in flight, not store writes.
+    let (freed_tx, mut freed) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut next_due = None;
     let mut stale = true;
     loop {
@@ -219,8 +222,9 @@ async fn worker(
             let Some(n) = queue.pop_front() else { break };
             in_flight += 1;
             let (node, sink, sender) = (node.clone(), sink.clone(), sender.clone());
+            let freed_tx = freed_tx.clone();
             tasks.spawn(async move {
-                deliver(&node, &sink, &sender, &n).await;
+                deliver(&node, &sink, &sender, &n, &freed_tx).await;
                 n.id
             });
         }
@@ -232,8 +236,10 @@ async fn worker(
         };
         tokio::select! {
             _ = stop.changed() => break,
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+            Some(()) = freed.recv() => {
                 in_flight -= 1;
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok(id) = done {
                     known.remove(&id);
                 }
@@ -248,8 +254,23 @@ async fn worker(
     tasks.abort_all();
 }
 
-/// One attempt at one row, and its record.
-async fn deliver(node: &Arc<Node>, sink: &SinkConfig, sender: &Sender, n: &NotificationView) {
+/// One attempt at one row, and its record; `freed` hears when the
+/// request itself is over.
+async fn deliver(
+    node: &Arc<Node>,
+    sink: &SinkConfig,
+    sender: &Sender,
+    n: &NotificationView,
+    freed: &tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    // Says "freed" when dropped, so even a panicking attempt frees its slot.
+    struct Slot<'a>(&'a tokio::sync::mpsc::UnboundedSender<()>);
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let slot = Slot(freed);
     let now = now_ms();
     let result = if now - n.created_at > sink.max_age.as_millis() as i64 {
         Delivery::Expired
@@ -257,6 +278,7 @@ async fn deliver(node: &Arc<Node>, sink: &SinkConfig, sender: &Sender, n: &Notif
         let attempt = sender.send(n).await;
         settle(sink, n, attempt, now_ms())
     };
+    drop(slot);
     if let Err(e) = record(node, n, result).await {
         tracing::error!(id = %n.id, sink = %n.sink, "cannot record a delivery: {e}");
     }
