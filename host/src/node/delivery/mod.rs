@@ -113,7 +113,7 @@ pub use crate::http_client::error_chain;
 enum Sender {
     Log,
     Webhook(webhook::Webhook),
-    Email(email::Email),
+    Email(Box<email::Email>),
 }
 
 impl Sender {
@@ -121,7 +121,7 @@ impl Sender {
         Ok(match &sink.kind {
             SinkKind::Log => Sender::Log,
             SinkKind::Webhook(w) => Sender::Webhook(webhook::Webhook::new(sink, w)?),
-            SinkKind::Email(e) => Sender::Email(email::Email::new(sink, e)?),
+            SinkKind::Email(e) => Sender::Email(Box::new(email::Email::new(sink, e)?)),
         })
     }
 
