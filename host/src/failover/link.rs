@@ -586,48 +586,38 @@ mod tests {
         assert!(matches!(c, Err(LinkError::Identity(_))), "{c:?}");
     }
 
+    /// What a secondary's `accept` says to a client that sends `bytes`.
+    async fn accept_after(bytes: &[u8]) -> Result<Session, LinkError> {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = l.accept().await.unwrap();
+            accept(stream, b"k", &hello(PairRole::Secondary)).await
+        });
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(bytes).await.unwrap();
+        server.await.unwrap()
+    }
+
     #[tokio::test]
     async fn garbage_oversized_and_tampered_frames_drop_the_session() {
         // Garbage before the handshake.
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (stream, _) = l.accept().await.unwrap();
-            accept(stream, b"k", &hello(PairRole::Secondary)).await
-        });
-        let mut raw = TcpStream::connect(addr).await.unwrap();
-        raw.write_all(&[0, 0, 0, 5, 1, 2, 3, 4, 5]).await.unwrap();
-        assert!(matches!(server.await.unwrap(), Err(LinkError::Garbage(_))));
-
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (stream, _) = l.accept().await.unwrap();
-            accept(stream, b"k", &hello(PairRole::Secondary)).await
-        });
-        let mut raw = TcpStream::connect(addr).await.unwrap();
-        raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-        assert!(matches!(
-            server.await.unwrap(),
-            Err(LinkError::Oversized { .. })
-        ));
-
+        let r = accept_after(&[0, 0, 0, 5, 1, 2, 3, 4, 5]).await;
+        assert!(matches!(r, Err(LinkError::Garbage(_))), "{r:?}");
+        let r = accept_after(&u32::MAX.to_be_bytes()).await;
+        assert!(matches!(r, Err(LinkError::Oversized { .. })), "{r:?}");
         // Before the secret is proved, a frame is at most 1 KiB.
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (stream, _) = l.accept().await.unwrap();
-            accept(stream, b"k", &hello(PairRole::Secondary)).await
-        });
-        let mut raw = TcpStream::connect(addr).await.unwrap();
-        raw.write_all(&2048u32.to_be_bytes()).await.unwrap();
-        assert!(matches!(
-            server.await.unwrap(),
-            Err(LinkError::Oversized {
-                len: 2048,
-                cap: 1024
-            })
-        ));
+        let r = accept_after(&2048u32.to_be_bytes()).await;
+        assert!(
+            matches!(
+                r,
+                Err(LinkError::Oversized {
+                    len: 2048,
+                    cap: 1024
+                })
+            ),
+            "{r:?}"
+        );
 
         // A tampered sealed frame inside a session.
         let (c, s) = pair(b"k", b"k", hello(PairRole::Secondary)).await;

@@ -179,20 +179,7 @@ pub fn export<W: Write>(
     Ok((out, stats))
 }
 
-pub use crate::store::synclog::{MAX_GENERATION, last_generation, set_generation};
-
-/// Record a sync in `sync_log`.
-pub fn log(
-    conn: &Connection,
-    direction: &str,
-    generation: u64,
-    result: &str,
-    detail: &str,
-) -> Result<(), SyncError> {
-    Ok(crate::store::synclog::log(
-        conn, direction, generation, result, detail,
-    )?)
-}
+pub use crate::store::synclog::{MAX_GENERATION, last_generation, log, set_generation};
 
 /// Import a snapshot: check everything, replace the tables' rows in ONE
 /// transaction; any error rolls back and leaves the old data.
