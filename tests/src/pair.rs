@@ -173,15 +173,22 @@ pub fn wait_until(what: &str, limit: Duration, mut pred: impl FnMut() -> bool) -
     t.elapsed()
 }
 
-/// P active, S standby, and S has heard that P is Ready (a takeover needs
-/// the primary's last status to say Ready).
+/// P active, S standby, both Ready in each other's eyes (a takeover needs
+/// the primary's last status to say Ready; a table sync needs both).
 pub fn wait_normal(pair: &Pair) {
-    wait_until("P active, S standby, P Ready as S sees it", WAIT, || {
-        status(&pair.p).0 == 200
-            && status(&pair.s).0 == 503
-            && get(pair.s.admin(), "/api/v1/status", Some("admin")).json()["peer"]["status"]["ready"]
-                == true
-    });
+    let ready_as_seen_by = |node: &NodeProc| {
+        get(node.admin(), "/api/v1/status", Some("admin")).json()["peer"]["status"]["ready"] == true
+    };
+    wait_until(
+        "P active, S standby, each Ready as the other sees it",
+        WAIT,
+        || {
+            status(&pair.p).0 == 200
+                && status(&pair.s).0 == 503
+                && ready_as_seen_by(&pair.s)
+                && ready_as_seen_by(&pair.p)
+        },
+    );
 }
 
 pub fn subjects(got: &[Received], needle: &str) -> usize {
