@@ -99,7 +99,8 @@ impl Webhook {
         &self.addr
     }
 
-    /// Answer the next requests with these statuses.
+    /// Answer the next requests with these statuses; `0` never answers
+    /// (the request hangs, recorded with `answered: 0`).
     pub fn answer_with(&self, statuses: &[u16]) {
         self.shared.script.lock().expect("lock").extend(statuses);
     }
@@ -132,7 +133,10 @@ impl Webhook {
     /// Wait for at least `n` successful (2xx-answered) deliveries.
     pub fn wait_for_delivered(&self, n: usize, limit: Duration) -> Vec<Received> {
         self.wait_until(limit, |got| {
-            got.iter().filter(|r| r.answered < 300).count() >= n
+            got.iter()
+                .filter(|r| (200..300).contains(&r.answered))
+                .count()
+                >= n
         })
     }
 }
@@ -175,6 +179,20 @@ fn serve<S: Read + Write>(stream: S, shared: &Shared) {
             .expect("lock")
             .pop_front()
             .unwrap_or(200);
+        if status == 0 {
+            shared.got.lock().expect("lock").push(Received {
+                idempotency_key: key,
+                body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                answered: 0,
+                headers,
+                at,
+            });
+            shared.changed.notify_all();
+            // Hold the connection open, unanswered, for the test's life.
+            loop {
+                std::thread::park();
+            }
+        }
         let retry = match (status, shared.retry_after.lock().expect("lock").clone()) {
             (429 | 503, Some(v)) => format!("Retry-After: {v}\r\n"),
             _ => String::new(),

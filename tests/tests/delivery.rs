@@ -239,3 +239,44 @@ fn email_with_starttls_and_authentication() {
         );
     }
 }
+
+#[test]
+fn a_kill_9_during_delivery_resends_what_was_in_flight_under_the_same_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = Webhook::start();
+    // The first four requests (the sink's concurrency) hang in flight.
+    hook.answer_with(&[0, 0, 0, 0]);
+    let sinks = format!(
+        "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\ntimeout = \"60s\"\n",
+        hook.url()
+    );
+    let mut node = node(dir.path(), &sinks);
+    for i in 0..10 {
+        panic(&node, &format!("kill-{i}"));
+    }
+    let hung = hook.wait_until(WAIT, |g| g.iter().filter(|r| r.answered == 0).count() == 4);
+    node.kill9();
+    node.restart();
+    let got = hook.wait_for_delivered(10, WAIT);
+    let mut delivered: Vec<String> = got
+        .iter()
+        .filter(|r| r.answered == 200)
+        .filter_map(|r| r.idempotency_key.clone())
+        .collect();
+    delivered.sort();
+    let before = delivered.len();
+    delivered.dedup();
+    assert_eq!(
+        (before, delivered.len()),
+        (10, 10),
+        "each row delivered once"
+    );
+    for h in hung.iter().filter(|r| r.answered == 0) {
+        assert!(
+            h.idempotency_key
+                .as_ref()
+                .is_some_and(|k| delivered.contains(k)),
+            "the hung request was sent again under its key"
+        );
+    }
+}
