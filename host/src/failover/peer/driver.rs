@@ -293,13 +293,18 @@ impl Driver {
                     }
                 }
             }
+            // The view follows the gate at once: `/status` must not say
+            // standby while rules already run (the rest of the step, a
+            // FAILOVER-ON and a replay, can take a while).
             Effect::OpenGate => {
                 self.node.gate().open();
+                self.publish();
                 tracing::info!(epoch = self.machine.epoch, "active: rules run on this node");
             }
             Effect::CloseGate => {
                 let gate = self.node.gate().clone();
                 let _ = tokio::task::spawn_blocking(move || gate.close()).await;
+                self.publish();
                 tracing::info!("standby: rules suppressed on this node");
             }
             Effect::RaiseOn {
