@@ -73,6 +73,9 @@ fn a_secondary_restarted_with_fs_1_stays_active_and_hands_back() {
     wait_normal(&pair);
     pair.p.kill9();
     wait_until("S active", WAIT, || status(&pair.s).0 == 200);
+    // The takeover is over once its FAILOVER-ON is out (the gate opens
+    // first, then the signal is raised and delivered).
+    pair.hook.wait_until(WAIT, |g| distinct(g, "offline") == 1);
     pair.s.restart();
     wait_until("S active again after its restart", WAIT, || {
         status(&pair.s).0 == 200
