@@ -15,8 +15,13 @@ WASM_DIR    := target/$(WASM_TARGET)/release
 # sqlite3 (the docs test runs them as the docs show them), and aiosmtpd, the
 # SMTP server of the delivery tests, under Debian's own /usr/bin/python3.
 TEST_TOOLS  := sqlite3 curl
+# etcd (Debian's etcd-server, the binary `etcd`): the cluster tests start
+# their own on loopback ports. protoc (protobuf-compiler) is what the
+# etcd-client crate's build script needs (with the well-known types of
+# libprotobuf-dev), so every target that compiles
+# the host depends on build-deps.
 
-.PHONY: all wasm-target rules build test-deps test bench lint run demo clean
+.PHONY: all wasm-target build-deps rules build test-deps test bench lint run demo clean
 
 all: rules build
 
@@ -24,15 +29,21 @@ wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' \
 		|| rustup target add $(WASM_TARGET)
 
+build-deps:
+	@command -v protoc >/dev/null && test -f /usr/include/google/protobuf/descriptor.proto \
+		|| { echo "installing protobuf-compiler libprotobuf-dev"; apt-get update -q \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends protobuf-compiler libprotobuf-dev; }
+
 rules: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(RULES))
 	@ls -1 $(WASM_DIR)/*.wasm
 
-build:
+build: build-deps
 	$(CARGO) build --release -p tandem-host
 
-test-deps:
+test-deps: build-deps
 	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing="$$missing python3-aiosmtpd"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
@@ -43,10 +54,10 @@ test: rules test-deps
 	$(CARGO) build -p tandem-host --bin tandem
 	$(CARGO) test --workspace
 
-bench: rules
+bench: rules build-deps test-deps
 	$(CARGO) bench -p tandem-host --bench engine --bench node --bench failover --bench sync
 
-lint:
+lint: build-deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -61,6 +61,7 @@ fn spec(name: String, script: &Arc<Script>, signals: Vec<String>) -> RuleSpec {
         config: Config::new(),
         deadline: None,
         enabled: true,
+        group: "default".into(),
     }
 }
 

@@ -150,6 +150,7 @@ fn pending_node(rt: &tokio::runtime::Runtime, n: usize) -> (tempfile::TempDir, A
                     deadline_ms: None,
                     config: Default::default(),
                     updated_at: 0,
+                    group: "default".into(),
                 },
             )
         })

@@ -10,6 +10,7 @@
 //!   [`config::Config`]; owns the types others need from it (pair role,
 //!   failback, the daily sync time, compiled channel matchers).
 //! - [`shutdown`]: one shutdown signal handed to every task.
+//! - [`clock`]: CLOCK_BOOTTIME, the clock of fencing deadlines.
 //! - [`escape`]: control characters escaped for logs; a log rate limiter.
 //! - [`metrics`]: every metric, on `prometheus-client`; knows nothing of
 //!   the host (values from elsewhere come in as plain numbers).
@@ -29,6 +30,9 @@
 //!   sinks, the rules directory watcher.
 //! - [`failover`]: the pair: pure state machine, authenticated link,
 //!   driver; reaches the engine only through the gate and the node.
+//! - [`cluster`]: a cluster member on etcd: membership, ownership per
+//!   group, self-fencing; reaches the engine only through the gate (per
+//!   group, with a deadline) and the node.
 //! - [`sync`]: table sync: snapshots, push, receive, triggers.
 //! - [`admin`]: the HTTP API, `app(node) -> Router`, one file per
 //!   resource.
@@ -42,6 +46,8 @@
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod escape;

@@ -86,6 +86,16 @@ pub struct Metrics {
     link_rejects: Family<Reason, Counter>,
     /// Whether failover state could not be persisted (1 while it cannot).
     pub persist_failing: Gauge,
+    /// Cluster: groups this node owns with its gate open.
+    pub cluster_owned_groups: Gauge,
+    /// Cluster: 1 while this node is fenced (why: `/api/v1/cluster`).
+    pub cluster_fenced: Gauge,
+    /// Cluster: milliseconds since the last credited keepalive was sent.
+    pub cluster_keepalive_age_ms: Gauge,
+    /// Cluster: etcd calls that failed or timed out.
+    pub cluster_etcd_errors: Counter,
+    /// Cluster: raised signals that could not be posted to a member.
+    pub cluster_fanout_failed: Counter,
     /// The engine's counters, copied in at render time.
     engine: [Counter<u64, AtomicU64>; 6],
     rules: Family<State, Gauge>,
@@ -136,6 +146,11 @@ impl Metrics {
             dispatch_latency: Histogram::new(BUCKETS),
             link_rejects: Family::default(),
             persist_failing: Gauge::default(),
+            cluster_owned_groups: Gauge::default(),
+            cluster_fenced: Gauge::default(),
+            cluster_keepalive_age_ms: Gauge::default(),
+            cluster_etcd_errors: Counter::default(),
+            cluster_fanout_failed: Counter::default(),
             engine: Default::default(),
             rules: Family::default(),
             registry: Registry::with_prefix("tandem"),
@@ -196,6 +211,31 @@ impl Metrics {
             "persist_failing",
             "1 while the failover state cannot be stored",
             m.persist_failing.clone(),
+        );
+        r.register(
+            "cluster_owned_groups",
+            "Cluster: groups this node owns with its gate open",
+            m.cluster_owned_groups.clone(),
+        );
+        r.register(
+            "cluster_fenced",
+            "Cluster: 1 while this node is fenced",
+            m.cluster_fenced.clone(),
+        );
+        r.register(
+            "cluster_keepalive_age_ms",
+            "Cluster: milliseconds since the last credited keepalive was sent",
+            m.cluster_keepalive_age_ms.clone(),
+        );
+        r.register(
+            "cluster_etcd_errors",
+            "Cluster: etcd calls that failed or timed out",
+            m.cluster_etcd_errors.clone(),
+        );
+        r.register(
+            "cluster_fanout_failed",
+            "Cluster: raised signals that could not be posted to a member",
+            m.cluster_fanout_failed.clone(),
         );
         for (counter, (name, help)) in m.engine.iter().zip(ENGINE_COUNTERS) {
             r.register(name, help, counter.clone());

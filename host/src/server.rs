@@ -30,6 +30,8 @@ pub enum ServeError {
     Failover(#[from] crate::store::StoreError),
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
+    #[error("cluster: {0}")]
+    Cluster(crate::cluster::ClusterError),
     #[error("the admin server failed: {0}")]
     Http(std::io::Error),
 }
@@ -118,6 +120,18 @@ pub async fn run(
         ));
         failover = Some(handle);
     }
+    let mut cluster = None;
+    if node.config().cluster.is_some() {
+        let (handle, cluster_tasks) = crate::cluster::run(node.clone(), listener.clone())
+            .await
+            .map_err(ServeError::Cluster)?;
+        for t in cluster_tasks {
+            tasks.spawn(async move {
+                let _ = t.await;
+            });
+        }
+        cluster = Some(handle);
+    }
     write_listen_file(&node, bound, link)?;
     tracing::info!(node = %node.config().node.name, role = node.config().role.as_str(), admin = %bound, "tandem is serving");
 
@@ -125,7 +139,7 @@ pub async fn run(
     tasks.spawn(prune_loop(node.clone(), listener.clone()));
     on_ready(&node, failover.as_ref());
 
-    let app = crate::admin::app(node.clone(), failover);
+    let app = crate::admin::app_with(node.clone(), failover, cluster);
     let admin = &node.config().admin;
     let limits = crate::net::ServeLimits {
         header_timeout: admin.header_timeout,

@@ -31,6 +31,7 @@ fn spec(name: &str, script: &Arc<Script>) -> RuleSpec {
         config: Config::new(),
         deadline: None,
         enabled: true,
+        group: "default".into(),
     }
 }
 
@@ -708,4 +709,46 @@ fn one_rules_patterns_never_disable_dispatch_for_the_others() {
         err.contains("section") && err.contains("at most 256"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------- groups
+
+#[test]
+fn rules_run_only_in_the_groups_the_gate_opened_with_their_epochs() {
+    let e = engine();
+    let script = e
+        .compile("panic-button", &sample_wasm("panic_button"))
+        .unwrap();
+    let gate = Gate::new(false);
+    let mut rs = RuleSet::new(e.clone(), gate.clone());
+    let in_group = |name: &str, group: &str| RuleSpec {
+        group: group.into(),
+        ..spec(name, &script)
+    };
+    let report = rs.install(vec![in_group("a-rule", "a"), in_group("b-rule", "b")]);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let sig = Signal::new("PANIC-1").with_key("k");
+    let mut groups = rs.groups_of("PANIC-1");
+    groups.sort();
+    assert_eq!(groups, vec![Arc::<str>::from("a"), Arc::from("b")]);
+    assert!(rs.groups_of("DOOR-1").is_empty());
+    // Nothing open: suppressed, no guest code runs.
+    assert!(matches!(rs.dispatch(&sig), Dispatch::Suppressed));
+    // Only `b` open, under epoch 9: only b's rule runs, labelled with it.
+    gate.open_group("b", 9);
+    let o = executed(rs.dispatch(&sig));
+    assert_eq!(o.runs.len(), 1);
+    assert_eq!(&*o.runs[0].rule, "b-rule");
+    assert_eq!((&*o.runs[0].group, o.runs[0].epoch), ("b", 9));
+    // Both open, but the node says `b` already ran this key: only a's.
+    gate.open_group("a", 4);
+    let o = executed(rs.dispatch_where(&sig, &mut |g| g != "b"));
+    assert_eq!(o.runs.len(), 1);
+    assert_eq!(&*o.runs[0].rule, "a-rule");
+    // The whole gate open (a pair's primary): every rule, epoch 0.
+    gate.close();
+    gate.open();
+    let o = executed(rs.dispatch(&sig));
+    assert_eq!(o.runs.len(), 2);
+    assert!(o.runs.iter().all(|r| r.epoch == 0));
 }

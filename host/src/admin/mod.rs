@@ -10,8 +10,10 @@
 //! - `status`: `/status`, `/metrics`, `/api/v1/status`;
 //! - `signals`: ingest; `rules`: rules and scripts;
 //! - `history`: events, notifications, failovers;
-//! - `pair`: failback, switchover, sync; `internal`: the peer's calls.
+//! - `pair`: failback, switchover, sync; `internal`: the peer's calls;
+//! - `cluster`: a cluster member's API and its members' signed calls.
 
+mod cluster;
 mod error;
 mod history;
 mod internal;
@@ -30,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Router};
 
+pub use cluster::{ClusterReply, MoveReply};
 pub use error::ApiError;
 pub use pair::CommandReply;
 pub use rules::{RuleView, ScriptReply};
@@ -50,6 +53,15 @@ type Pair = Extension<Option<Failover>>;
 
 /// The whole API. `failover` is `None` on a standalone node.
 pub fn app(node: Arc<Node>, failover: Option<Failover>) -> Router {
+    app_with(node, failover, None)
+}
+
+/// [`app`] for any role: `cluster` is a cluster member's handle.
+pub fn app_with(
+    node: Arc<Node>,
+    failover: Option<Failover>,
+    cluster: Option<crate::cluster::Handle>,
+) -> Router {
     let api = Router::new()
         .route("/status", get(status::api_status))
         .route("/signals", post(signals::post_signals))
@@ -68,6 +80,10 @@ pub fn app(node: Arc<Node>, failover: Option<Failover>) -> Router {
         .route("/failback", post(pair::failback))
         .route("/switchover", post(pair::switchover))
         .route("/sync", post(pair::sync_now))
+        .route("/cluster", get(cluster::get_cluster))
+        .route("/cluster/failback", post(cluster::failback))
+        .route("/cluster/switchover", post(cluster::switchover))
+        .route("/cluster/publisher", post(cluster::publisher))
         .fallback(|| async { ApiError::not_found("no such endpoint under /api/v1/") })
         .layer(middleware::from_fn_with_state(node.clone(), authorize));
     Router::new()
@@ -76,8 +92,14 @@ pub fn app(node: Arc<Node>, failover: Option<Failover>) -> Router {
         .nest("/api/v1", api)
         .route(crate::sync::receive::PATH, post(internal::sync))
         .route(crate::sync::receive::PULL_PATH, get(internal::pull))
+        .route(
+            crate::cluster::fanout::PATH,
+            post(cluster::internal_signals),
+        )
+        .route(cluster::MOVE_PATH, post(cluster::internal_move))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(Extension(failover))
+        .layer(Extension(cluster))
         .with_state(node)
 }
 

@@ -34,6 +34,8 @@ pub struct RuleView {
     pub deadline: Option<String>,
     pub config: Config,
     pub updated_at: i64,
+    /// The rule's group (DESIGN.md §7).
+    pub group: String,
     pub loaded: bool,
     pub patterns: Option<Vec<String>>,
     pub sha256: Option<String>,
@@ -52,6 +54,7 @@ impl RuleView {
             signals: row.signals.clone(),
             deadline: row.deadline_ms.map(|d| format!("{d}ms")),
             config: row.config.clone(),
+            group: row.group.clone(),
             updated_at: row.updated_at,
             loaded: st.is_some(),
             patterns: st.map(|s| s.patterns.clone()),
@@ -131,6 +134,9 @@ struct RulePut {
     enabled: bool,
     #[serde(default)]
     deadline: Option<String>,
+    /// The rule's group (DESIGN.md §7); `default` when absent.
+    #[serde(default)]
+    group: Option<String>,
 }
 
 fn yes() -> bool {
@@ -164,6 +170,17 @@ pub(super) async fn put_rule(
                 .as_millis() as u64,
         ),
     };
+    let group = put
+        .group
+        .clone()
+        .unwrap_or_else(|| crate::config::DEFAULT_GROUP.to_owned());
+    let groups = node.config().rule_groups();
+    if !groups.contains(&group) {
+        return Err(ApiError::bad_request(
+            "bad_rule",
+            format!("rule `{name}`: group {group:?} is not configured; the groups are {groups:?}"),
+        ));
+    }
     let script_name = put.script.clone();
     let wasm: Option<Vec<u8>> = node
         .store()
@@ -218,6 +235,7 @@ pub(super) async fn put_rule(
         deadline_ms,
         config: put.config,
         updated_at: 0,
+        group,
     };
     let stored = row.clone();
     node.store()
@@ -301,6 +319,7 @@ pub(super) async fn put_script(
                         deadline_ms: None,
                         config: Config::new(),
                         updated_at: 0,
+                        group: crate::config::DEFAULT_GROUP.to_owned(),
                     },
                 )?;
             }

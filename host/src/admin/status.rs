@@ -19,6 +19,18 @@ pub struct StatusBody {
     pub state: &'static str,
     pub fs: u8,
     pub epoch: u64,
+    /// A cluster member: the groups it owns now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// A cluster member: why it is fenced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct StatusQuery {
+    #[serde(default)]
+    group: Option<String>,
 }
 
 /// The peer as `GET /api/v1/status` shows it.
@@ -71,7 +83,48 @@ pub struct ApiStatus {
     pub last_sync: Option<SyncLogRow>,
 }
 
-pub(super) async fn status(State(node): State<AppState>, Extension(failover): Pair) -> Response {
+pub(super) async fn status(
+    State(node): State<AppState>,
+    Extension(failover): Pair,
+    Extension(cluster): super::cluster::Cluster,
+    axum::extract::Query(q): axum::extract::Query<StatusQuery>,
+) -> Response {
+    if let Some(c) = cluster {
+        // 200 when this node owns a group (or, with ?group=G, owns G) and
+        // is not fenced: one load-balancer backend per group.
+        let st = c.status();
+        let fenced = st.fenced.as_ref().map(|f| f.reason.clone());
+        let active = fenced.is_none()
+            && match &q.group {
+                Some(g) => st.owned.iter().any(|o| o == g),
+                None => !st.owned.is_empty(),
+            };
+        let epoch = q
+            .group
+            .as_ref()
+            .and_then(|g| st.owners.iter().find(|o| &o.group == g))
+            .and_then(|o| o.epoch)
+            .unwrap_or(0);
+        let body = StatusBody {
+            node: node.config().node.name.clone(),
+            role: node.config().role.as_str(),
+            state: if fenced.is_some() {
+                "fenced"
+            } else {
+                state_name(active)
+            },
+            fs: if active { 1 } else { 2 },
+            epoch: epoch.max(0) as u64,
+            groups: Some(st.owned),
+            fenced,
+        };
+        let code = if active {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return (code, Json(body)).into_response();
+    }
     let (active, fs, epoch) = role_state(&node, &failover);
     let body = StatusBody {
         node: node.config().node.name.clone(),
@@ -79,6 +132,8 @@ pub(super) async fn status(State(node): State<AppState>, Extension(failover): Pa
         state: state_name(active),
         fs,
         epoch,
+        groups: None,
+        fenced: None,
     };
     let code = if active {
         StatusCode::OK

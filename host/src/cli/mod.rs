@@ -64,7 +64,12 @@ pub enum SecretCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print a commented example config.
-    Example,
+    Example {
+        /// A member of a three-node cluster on etcd instead of a
+        /// standalone node.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Validate a config file and print what it resolves to.
     Check {
         /// The config file.
@@ -113,8 +118,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{secret}");
             Ok(())
         }
-        Command::Config(ConfigCommand::Example) => {
-            print!("{}", crate::config::EXAMPLE);
+        Command::Config(ConfigCommand::Example { cluster }) => {
+            print!(
+                "{}",
+                if cluster {
+                    crate::config::CLUSTER_EXAMPLE
+                } else {
+                    crate::config::EXAMPLE
+                }
+            );
             Ok(())
         }
         Command::Config(ConfigCommand::Check { file }) => {
@@ -123,6 +135,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  node: {} ({})", config.node.name, config.role.as_str());
             println!("  data_dir: {}", config.node.data_dir.display());
             println!("  admin: {}", config.admin.listen);
+            if let Some(c) = &config.cluster {
+                println!(
+                    "  cluster: {} on {} (groups: {})",
+                    c.name,
+                    c.etcd.join(", "),
+                    c.groups_of(&config.node.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             println!(
                 "  sinks: {}",
                 config

@@ -50,3 +50,44 @@ kind = "log"
 # password = "env:SMTP_PASSWORD"
 # from = "Tandem <tandem@example.org>"
 "#;
+
+/// What `tandem config example --cluster` prints: the office node of a
+/// three-node cluster (DESIGN.md §7). The other two differ only in
+/// `[node] name`, `[admin] listen` and `advertise`.
+pub const CLUSTER_EXAMPLE: &str = r#"# Tandem cluster member (DESIGN.md §7): three nodes, three priority groups,
+# coordinated by etcd. Copy it to each node and change [node] name,
+# [admin] listen and [cluster] advertise. TANDEM_CLUSTER_SECRET may carry
+# the secret instead.
+
+[node]
+name = "office"             # must appear in at least one group below
+data_dir = "./data"
+
+[admin]
+listen = "0.0.0.0:8080"
+token = "change-me"
+ingest_token = "devices"
+
+[rules]
+dir = "./rules"             # a rule's NAME.toml may say group = "elementary"
+
+[cluster]
+name = "district"                           # etcd keys live under /tandem/district/
+etcd = ["http://10.0.0.11:2379", "http://10.0.0.12:2379", "http://10.0.0.13:2379"]
+advertise = "http://10.0.0.1:8080"          # this node's admin URL, as the others reach it
+lease_ttl = "10s"                           # 5s to 60s: a dead owner's groups move after this
+secret = "replace with `tandem secret new`" # signs /internal/v1/* between members
+failback = "auto"                           # or "manual": POST /api/v1/cluster/failback
+# replay_window = "20s"                     # default: lease_ttl + 10s
+# startup_delay = "2m"                      # Ready (may own groups) after this much uptime
+# fence_margin = "3s"                       # default: a third of lease_ttl
+
+[cluster.groups]                            # each group: its nodes in priority order
+default    = ["office", "elementary", "highschool"]
+elementary = ["elementary", "office", "highschool"]
+highschool = ["highschool", "office", "elementary"]
+
+[[sinks]]
+name = "log"
+kind = "log"
+"#;

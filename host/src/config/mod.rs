@@ -13,13 +13,15 @@
 //! - `failover`: `[failover]`; `sinks`: `[[sinks]]`;
 //! - `example`: what `tandem config example` prints.
 
+mod cluster;
 mod example;
 mod failover;
 mod raw;
 mod sinks;
 mod units;
 
-pub use example::EXAMPLE;
+pub use cluster::{ClusterConfig, DEFAULT_GROUP};
+pub use example::{CLUSTER_EXAMPLE, EXAMPLE};
 pub use failover::{Failback, FailoverConfig, PairRole};
 pub use sinks::{
     ChannelMatcher, EmailSink, SinkConfig, SinkKind, SmtpTls, WebhookFormat, WebhookSink,
@@ -68,6 +70,8 @@ pub struct Config {
     pub role: Role,
     /// Present for a primary or secondary.
     pub failover: Option<FailoverConfig>,
+    /// Present for a cluster member (never beside `failover`).
+    pub cluster: Option<ClusterConfig>,
     pub sinks: Vec<SinkConfig>,
 }
 
@@ -117,6 +121,8 @@ pub enum Role {
     Standalone,
     Primary,
     Secondary,
+    /// A member of a cluster on etcd (`[cluster]`).
+    Cluster,
 }
 
 impl Role {
@@ -126,6 +132,7 @@ impl Role {
             Role::Standalone => "standalone",
             Role::Primary => "primary",
             Role::Secondary => "secondary",
+            Role::Cluster => "cluster",
         }
     }
 }
@@ -285,7 +292,21 @@ impl Config {
                 format!("at least rules.memory_limit ({} bytes)", rules.memory_limit),
             ));
         }
+        if raw.cluster.is_some()
+            && let Some(r) = raw.failover.role.as_deref()
+        {
+            return Err(invalid(
+                "failover.role",
+                format!("{r:?}"),
+                "no [failover] beside [cluster]: a node is a pair member or a cluster member, not both",
+            ));
+        }
+        let cluster = match raw.cluster {
+            Some(c) => Some(cluster::validate(c, &node.name)?),
+            None => None,
+        };
         let role = match raw.failover.role.as_deref() {
+            None if cluster.is_some() => Role::Cluster,
             None | Some("standalone") => Role::Standalone,
             Some("primary") => Role::Primary,
             Some("secondary") => Role::Secondary,
@@ -298,7 +319,7 @@ impl Config {
             }
         };
         let failover = match role {
-            Role::Standalone => None,
+            Role::Standalone | Role::Cluster => None,
             Role::Primary | Role::Secondary => {
                 Some(failover::validate(raw.failover, role, &node.name)?)
             }
@@ -326,8 +347,26 @@ impl Config {
             rules,
             role,
             failover,
+            cluster,
             sinks,
         })
+    }
+
+    /// The secret that signs `/internal/v1/*` calls: the pair's or the
+    /// cluster's.
+    pub fn internal_secret(&self) -> Option<&str> {
+        self.failover
+            .as_ref()
+            .map(|f| f.secret.as_str())
+            .or(self.cluster.as_ref().map(|c| c.secret.as_str()))
+    }
+
+    /// The groups rules may name: the cluster's, or only `default`.
+    pub fn rule_groups(&self) -> Vec<String> {
+        match &self.cluster {
+            Some(c) => c.groups.keys().cloned().collect(),
+            None => vec![DEFAULT_GROUP.to_owned()],
+        }
     }
 }
 
@@ -338,6 +377,8 @@ mod tests {
     #[test]
     fn the_example_is_valid() {
         let c = Config::parse(EXAMPLE).unwrap();
+        let k = Config::parse(CLUSTER_EXAMPLE).expect("the cluster example is valid");
+        assert_eq!(k.cluster.expect("cluster").groups.len(), 3);
         assert_eq!(c.node.name, "dev4120");
         assert_eq!(c.rules.deadline, Duration::from_millis(50));
         assert_eq!(c.rules.memory_limit, 32 << 20);

@@ -10,7 +10,35 @@ pub(super) struct RawConfig {
     pub(super) admin: RawAdmin,
     pub(super) rules: RawRules,
     pub(super) failover: RawFailover,
+    pub(super) cluster: Option<RawCluster>,
     pub(super) sinks: Vec<RawSink>,
+}
+
+/// `[cluster]` (DESIGN.md §7).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCluster {
+    pub(super) name: Option<String>,
+    pub(super) etcd: Vec<String>,
+    pub(super) advertise: Option<String>,
+    pub(super) lease_ttl: Option<String>,
+    pub(super) secret: Option<String>,
+    pub(super) failback: Option<String>,
+    pub(super) replay_window: Option<String>,
+    pub(super) startup_delay: Option<String>,
+    pub(super) fence_margin: Option<String>,
+    /// Group name -> its nodes in priority order (a TOML table keeps the
+    /// order it was written in only per list, which is all that matters).
+    pub(super) groups: std::collections::BTreeMap<String, Vec<String>>,
+    pub(super) advanced: RawClusterAdvanced,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawClusterAdvanced {
+    pub(super) lab_timings: bool,
+    /// Executed keys are gathered this long before one batch is put.
+    pub(super) publish_window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tandem_guest::{Action, Config, Notify, Signal};
 
 use super::index::DispatchIndex;
-use super::{CallError, Engine, EngineError, EngineStats, Gate, Instance, Script};
+use super::{CallError, Engine, EngineError, EngineStats, Gate, GateGuard, Instance, Script};
 
 /// What to install for one rule (a `signal_rule` row with its script).
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub struct RuleSpec {
     /// Overrides the engine's default deadline.
     pub deadline: Option<Duration>,
     pub enabled: bool,
+    /// The rule's group: it runs only while the gate is open for it.
+    pub group: Arc<str>,
 }
 
 /// One rule's run for one signal.
@@ -50,6 +52,10 @@ pub struct RuleRun {
     pub error: Option<CallError>,
     /// Raise actions the host refused, with why.
     pub rejected: Vec<String>,
+    /// The rule's group, and the epoch its gate was opened under (0 when
+    /// the whole gate is open).
+    pub group: Arc<str>,
+    pub epoch: u64,
 }
 
 impl RuleRun {
@@ -167,6 +173,8 @@ pub struct RuleSet {
     encoded: Vec<u8>,
     glob_scratch: Vec<usize>,
     matched: Vec<u32>,
+    /// The epoch of each rule in `matched`.
+    epochs: Vec<u64>,
     /// Rules quarantined since [`RuleSet::take_newly_quarantined`]: (name,
     /// why), for the node to store.
     newly_quarantined: Vec<(String, String)>,
@@ -189,6 +197,7 @@ impl RuleSet {
             encoded: Vec::new(),
             glob_scratch: Vec::new(),
             matched: Vec::new(),
+            epochs: Vec::new(),
             newly_quarantined: Vec::new(),
             capped_rules: Vec::new(),
             ok_rules: Vec::new(),
@@ -317,24 +326,59 @@ impl RuleSet {
     /// Run `signal` through the gate and the rules it matches, then what
     /// they raised.
     pub fn dispatch(&mut self, signal: &Signal) -> Dispatch {
-        let gate = self.gate.clone();
-        let Some(_in_flight) = gate.enter() else {
-            return Dispatch::Suppressed;
-        };
-        Dispatch::Executed(self.run(signal))
+        self.dispatch_where(signal, &mut |_| true)
     }
 
-    fn run(&mut self, signal: &Signal) -> Outcome {
+    /// [`RuleSet::dispatch`], running the dispatched signal's rules only in
+    /// open groups for which `allow` says yes (a cluster member skips the
+    /// groups that already ran its key). Raised signals run in every open
+    /// group.
+    pub fn dispatch_where(
+        &mut self,
+        signal: &Signal,
+        allow: &mut dyn FnMut(&str) -> bool,
+    ) -> Dispatch {
+        let gate = self.gate.clone();
+        let Some(in_flight) = gate.enter() else {
+            return Dispatch::Suppressed;
+        };
+        Dispatch::Executed(self.run(signal, &in_flight, allow))
+    }
+
+    /// The groups of the enabled rules `name` reaches, each once.
+    pub fn groups_of(&mut self, name: &str) -> Vec<Arc<str>> {
+        self.index
+            .lookup(name, &mut self.glob_scratch, &mut self.matched);
+        let mut groups: Vec<Arc<str>> = Vec::new();
+        for &i in &self.matched {
+            let g = &self.rules[i as usize].spec.group;
+            if !groups.contains(g) {
+                groups.push(g.clone());
+            }
+        }
+        groups
+    }
+
+    fn run(
+        &mut self,
+        signal: &Signal,
+        gate: &GateGuard<'_>,
+        allow: &mut dyn FnMut(&str) -> bool,
+    ) -> Outcome {
         let mut outcome = Outcome::default();
         self.capped_rules.clear();
         self.ok_rules.clear();
         // Every run and every queued raise counts towards the cap, so the
         // queue can never hold more than the cap allows to run.
         let mut queue = VecDeque::new();
-        self.process(signal, 0, 0, &mut queue, &mut outcome);
+        self.process(signal, 0, 0, &mut queue, &mut outcome, &mut |g| {
+            gate.epoch(g).filter(|_| allow(g))
+        });
         while let Some((raised, depth)) = queue.pop_front() {
             let origin = outcome.raised.len() + 1;
-            self.process(&raised, depth, origin, &mut queue, &mut outcome);
+            self.process(&raised, depth, origin, &mut queue, &mut outcome, &mut |g| {
+                gate.epoch(g)
+            });
             outcome.raised.push(raised);
         }
         for &idx in &self.ok_rules {
@@ -354,10 +398,25 @@ impl RuleSet {
         origin: usize,
         queue: &mut VecDeque<(Signal, u32)>,
         outcome: &mut Outcome,
+        epoch_of: &mut dyn FnMut(&str) -> Option<u64>,
     ) {
         self.index
             .lookup(&sig.name, &mut self.glob_scratch, &mut self.matched);
+        // Rules of closed groups do not run here (a whole-open gate keeps
+        // every rule, with epoch 0).
+        let rules = &self.rules;
+        let mut epochs = std::mem::take(&mut self.epochs);
+        epochs.clear();
+        self.matched
+            .retain(|&i| match epoch_of(&rules[i as usize].spec.group) {
+                Some(e) => {
+                    epochs.push(e);
+                    true
+                }
+                None => false,
+            });
         if self.matched.is_empty() {
+            self.epochs = epochs;
             return;
         }
         // Encoded once, however many rules it reaches.
@@ -373,7 +432,7 @@ impl RuleSet {
             origin,
         };
         let cap = self.engine.config().max_runs as usize;
-        for i in 0..self.matched.len() {
+        for (i, &epoch) in epochs.iter().enumerate() {
             // Raises already queued hold their place under the cap.
             if outcome.runs.len() + queue.len() >= cap {
                 outcome.capped += (self.matched.len() - i) as u32;
@@ -382,7 +441,8 @@ impl RuleSet {
             let idx = self.matched[i] as usize;
             let budget = cap.saturating_sub(outcome.runs.len() + queue.len() + 1);
             let was_quarantined = self.rules[idx].quarantined;
-            let run = self.call(idx, &current, queue, budget, &mut outcome.capped);
+            let mut run = self.call(idx, &current, queue, budget, &mut outcome.capped);
+            run.epoch = epoch;
             let rule = &self.rules[idx];
             if rule.quarantined && !was_quarantined {
                 self.newly_quarantined.push((
@@ -392,6 +452,7 @@ impl RuleSet {
             }
             outcome.runs.push(run);
         }
+        self.epochs = epochs;
     }
 
     /// Call rule `idx` with the encoded signal in `self.encoded`. At most
@@ -419,6 +480,8 @@ impl RuleSet {
             actions: Vec::new(),
             error: None,
             rejected: Vec::new(),
+            group: rule.spec.group.clone(),
+            epoch: 0,
         };
         if rule.quarantined {
             run.error = Some(CallError::Quarantined {

@@ -99,38 +99,65 @@ impl Node {
                 }
             })
             .collect();
-        let results = self.store.write_blocking(|conn| {
-            let tx = conn.transaction()?;
-            let mut seen = std::collections::HashSet::new();
-            let mut results = Vec::with_capacity(signals.len());
-            let mut rows = Vec::with_capacity(signals.len());
-            {
-                let mut rules = self.lock_rules();
-                for signal in signals {
-                    let duplicate =
-                        !seen.insert(signal.key.clone()) || exec::already_run(&tx, &signal.key)?;
-                    let run = self.run_one(&tx, &mut rules, &signal, duplicate, now)?;
-                    rows.push(self.event_row(&signal, &run, now));
-                    results.push((signal, run));
+        let cluster = self.config.cluster.is_some();
+        let mut may_run = true;
+        let mut signals = signals;
+        let (results, queued) = loop {
+            // A cluster member checks its fencing deadline immediately
+            // before the commit; past it, the batch is stored again with
+            // nothing run (pending), so nothing is lost.
+            let attempt = self.store.write_blocking(|conn| {
+                let tx = conn.transaction()?;
+                let mut seen = std::collections::HashSet::new();
+                let mut results = Vec::with_capacity(signals.len());
+                let mut rows = Vec::with_capacity(signals.len());
+                {
+                    let mut rules = self.lock_rules();
+                    for signal in std::mem::take(&mut signals) {
+                        let run = if !seen.insert(signal.key.clone()) {
+                            Run::Covered
+                        } else if cluster {
+                            self.run_grouped(&tx, &mut rules, &signal, now, None, may_run)?
+                        } else {
+                            let duplicate = exec::already_run(&tx, &signal.key)?;
+                            self.run_one(&tx, &mut rules, &signal, duplicate, now)?
+                        };
+                        rows.push(self.event_row(&signal, &run, now));
+                        results.push((signal, run));
+                    }
+                    save_quarantines(&tx, &mut rules)?;
                 }
-                save_quarantines(&tx, &mut rules)?;
+                events::insert(&tx, &rows)?;
+                if let Some(last) = rows.last() {
+                    events::save_next_id(&tx, last.id + 1)?;
+                }
+                let queued = self.finish(&tx, &results, now)?;
+                if may_run && !self.gate.within_deadline() {
+                    return Ok(Err(results.into_iter().map(|(s, _)| s).collect()));
+                }
+                tx.commit()?;
+                Ok(Ok((results, queued)))
+            })?;
+            match attempt {
+                Ok(done) => break done,
+                Err(back) => {
+                    tracing::warn!(
+                        "fenced: the fencing deadline passed before the commit; the batch is kept as pending"
+                    );
+                    signals = back;
+                    may_run = false;
+                }
             }
-            events::insert(&tx, &rows)?;
-            if let Some(last) = rows.last() {
-                events::save_next_id(&tx, last.id + 1)?;
-            }
-            let queued = self.finish(&tx, &results, now)?;
-            tx.commit()?;
-            Ok((results, queued))
-        })?;
-        let (results, queued) = results;
+        };
         self.after_commit(&results, queued);
+        let mut rules = cluster.then(|| self.lock_rules());
         Ok(results
             .iter()
             .map(|(s, run)| Accepted {
                 id: s.id,
                 key: s.key.clone(),
                 executed: matches!(run, Run::Executed(..)),
+                owners: rules.as_mut().map(|r| self.owners_for(r, &s.name)),
             })
             .collect())
     }
@@ -172,8 +199,11 @@ impl Node {
         match run {
             Run::Executed(..) => "executed",
             Run::Covered => "covered",
-            // A pair member keeps what it could not run, to replay it.
-            Run::Stored if self.config.failover.is_some() => "pending",
+            // A pair or cluster member keeps what it could not run, to
+            // replay it.
+            Run::Stored if self.config.failover.is_some() || self.config.cluster.is_some() => {
+                "pending"
+            }
             Run::Stored => "suppressed",
         }
     }
@@ -239,11 +269,15 @@ impl Node {
                 _ => None,
             })
             .max()
+            .filter(|&seq| seq > 0)
         {
             self.exec_seq.send_replace(seq);
         }
         if queued > 0 {
             self.wake_delivery();
+        }
+        if self.config.cluster.is_some() {
+            self.fan_out(Self::raised_inputs(results));
         }
     }
 }

@@ -12,11 +12,14 @@
 //! cache), and swaps the new set in between two signals.
 
 pub mod delivery;
+mod groups;
 mod ingest;
 mod notify;
 mod reload;
 mod replay;
 pub mod watch;
+
+pub use groups::replay_since;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -57,7 +60,7 @@ impl Default for Limits {
 }
 
 /// A signal as it arrives over HTTP: only `name` is required.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct SignalInput {
     pub name: String,
     #[serde(default)]
@@ -76,6 +79,10 @@ pub struct Accepted {
     pub id: u64,
     pub key: String,
     pub executed: bool,
+    /// A cluster member names, for each group the signal has rules in,
+    /// the node that owns it now (`null`: nobody).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owners: Option<std::collections::BTreeMap<String, Option<String>>>,
 }
 
 /// Why ingest refused a request. Nothing of a refused request is stored.
@@ -161,6 +168,11 @@ pub struct Node {
     dir_errors: Mutex<std::collections::BTreeMap<String, (String, String)>>,
     /// Where host signals go while this node is standby (set by failover).
     forwarder: Mutex<Option<tokio::sync::mpsc::Sender<SignalInput>>>,
+    /// Where signals raised here go to reach every cluster member (set by
+    /// the cluster driver).
+    fanout: Mutex<Option<tokio::sync::mpsc::Sender<Vec<SignalInput>>>>,
+    /// Group -> the node that owns it, as the cluster driver last read.
+    group_owners: Mutex<std::collections::BTreeMap<String, String>>,
     /// Bumped when rows are queued: every sink's worker wakes.
     delivery_wake: tokio::sync::watch::Sender<u64>,
     exec_seq: tokio::sync::watch::Sender<u64>,
@@ -202,6 +214,8 @@ impl Node {
             last_reload: Mutex::new(ReloadSummary::default()),
             dir_errors: Mutex::new(std::collections::BTreeMap::new()),
             forwarder: Mutex::new(None),
+            fanout: Mutex::new(None),
+            group_owners: Mutex::new(std::collections::BTreeMap::new()),
             delivery_wake: tokio::sync::watch::channel(0).0,
             exec_seq: tokio::sync::watch::channel(last_seq).0,
             sync_gen: AtomicU64::new(sync_gen),
@@ -341,6 +355,24 @@ impl Node {
     /// the forwarder failover set ([`Node::set_forwarder`]), and stored
     /// here as pending only when there is none or it cannot take it.
     pub async fn raise_on_active(self: &Arc<Self>, signal: SignalInput) {
+        if self.config.cluster.is_some() {
+            // A cluster member runs it for the groups it owns and posts it
+            // to every member for the others; copies collapse on the key.
+            let mut signal = signal;
+            if signal.key.is_none() {
+                let mut nonce = [0u8; 8];
+                let _ = getrandom::fill(&mut nonce);
+                signal.key = Some(format!(
+                    "{}:{}:{}",
+                    self.config.node.name,
+                    signal.name,
+                    hex::encode(nonce)
+                ));
+            }
+            self.raise_here(signal.clone()).await;
+            self.fan_out(vec![signal]);
+            return;
+        }
         if !self.gate.is_open() {
             let forwarder = self
                 .forwarder

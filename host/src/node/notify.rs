@@ -61,6 +61,7 @@ pub(super) fn queue_notifications(
                         body: n.body.clone(),
                         signal: signal_json.clone(),
                         created_at: now,
+                        epoch: (run.epoch > 0).then_some(run.epoch),
                     };
                     if outbox::insert(tx, &row)? {
                         queued += 1;

@@ -37,11 +37,22 @@ impl Node {
             rules::rules_with_scripts(c, |sha| self.cached_script(sha).is_some())
         })?;
         let mut errors = Vec::new();
+        let groups = self.config.rule_groups();
         let mut specs = Vec::with_capacity(rows.len());
         let mut keep = Vec::new();
         // Compile outside the rule set's lock: signals keep flowing.
         for row in rows {
             let r = row.rule;
+            if !groups.contains(&r.group) {
+                // A group the config lacks: refused, naming what exists.
+                if r.enabled {
+                    errors.push(format!(
+                        "rule `{}`: group {:?} is not configured; the groups are {groups:?}",
+                        r.name, r.group
+                    ));
+                }
+                continue;
+            }
             let script = match (
                 row.sha256.as_deref().and_then(|s| self.cached_script(s)),
                 row.wasm,
@@ -61,6 +72,7 @@ impl Node {
                     config: r.config,
                     deadline: r.deadline_ms.map(Duration::from_millis),
                     enabled: r.enabled,
+                    group: r.group.as_str().into(),
                 }),
                 Err(e) => {
                     // The previous version keeps running, unless the row

@@ -60,6 +60,8 @@ struct RuleToml {
     enabled: Option<bool>,
     deadline: Option<String>,
     config: Option<toml::Table>,
+    /// The rule's group (DESIGN.md §7); `default` when absent.
+    group: Option<String>,
 }
 
 /// One file pair as read from the directory.
@@ -143,6 +145,9 @@ fn parse_sidecar(path: &Path, toml: Option<&[u8]>, name: &str) -> Result<RuleRow
         deadline_ms,
         config,
         updated_at: 0,
+        group: meta
+            .group
+            .unwrap_or_else(|| crate::config::DEFAULT_GROUP.to_owned()),
     })
 }
 

@@ -163,3 +163,35 @@ pub fn set_status(
         .execute(params![id, status, outcome, replayed])?;
     Ok(())
 }
+
+/// A group of a cluster member ran event `id` later (a replay): its runs
+/// join the row's outcome, the row says `executed`, and `replayed` sticks
+/// once set.
+pub fn append_outcome(
+    conn: &Connection,
+    id: u64,
+    runs: &serde_json::Value,
+    replayed: bool,
+) -> Result<(), StoreError> {
+    use rusqlite::OptionalExtension;
+    let old: Option<Option<String>> = conn
+        .prepare_cached("SELECT outcome FROM event_log WHERE id = ?1")?
+        .query_row([id as i64], |r| r.get(0))
+        .optional()?;
+    let mut all: Vec<serde_json::Value> = old
+        .flatten()
+        .and_then(|o| serde_json::from_str(&o).ok())
+        .unwrap_or_default();
+    if let serde_json::Value::Array(new) = runs {
+        all.extend(new.iter().cloned());
+    }
+    conn.prepare_cached(
+        "UPDATE event_log SET status = 'executed', outcome = ?2, replayed = (replayed OR ?3) WHERE id = ?1",
+    )?
+    .execute(params![
+        id as i64,
+        serde_json::Value::Array(all).to_string(),
+        replayed
+    ])?;
+    Ok(())
+}

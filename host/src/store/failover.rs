@@ -42,6 +42,34 @@ pub fn start(
     Ok(())
 }
 
+/// Open a cluster member's failover row for `group`.
+pub fn start_group(
+    conn: &Connection,
+    node: &str,
+    group: &str,
+    reason: &str,
+    failback: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO failover_log (node, started_at, reason, failback_mode, grp) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![node, at, reason, failback, group],
+    )?;
+    Ok(())
+}
+
+/// Close this node's open failover row of `group`.
+pub fn end_group(conn: &Connection, node: &str, group: &str, at: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE failover_log SET ended_at = ?3,
+             executed = (SELECT count(*) FROM group_executed x
+                         WHERE x.grp = ?2 AND x.at >= failover_log.started_at AND x.at <= ?3)
+         WHERE node = ?1 AND grp = ?2 AND ended_at IS NULL",
+        params![node, group, at],
+    )?;
+    Ok(())
+}
+
 /// Close the open failover row: end time and how many signals this node
 /// executed since it started.
 pub fn end(conn: &Connection, node: &str, at: i64) -> Result<(), StoreError> {
@@ -68,6 +96,9 @@ pub struct FailoverRow {
     pub reason: String,
     pub failback_mode: String,
     pub executed: i64,
+    /// The group (a cluster member's rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Every failover, newest first. An open one counts its executions so far.
@@ -78,7 +109,7 @@ pub fn list(conn: &Connection, limit: u32) -> Result<Vec<FailoverRow>, StoreErro
                 CASE WHEN f.ended_at IS NULL THEN
                     (SELECT count(*) FROM event_log e WHERE e.node = f.node AND e.status = 'executed'
                        AND e.received_at >= f.started_at)
-                ELSE f.executed END
+                ELSE f.executed END, f.grp
          FROM failover_log f ORDER BY f.id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit], |r| {
@@ -94,6 +125,7 @@ pub fn list(conn: &Connection, limit: u32) -> Result<Vec<FailoverRow>, StoreErro
             reason: r.get(4)?,
             failback_mode: r.get(5)?,
             executed: r.get(6)?,
+            group: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

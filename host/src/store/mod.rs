@@ -13,6 +13,7 @@ pub mod copyback;
 pub mod events;
 pub mod exec;
 pub mod failover;
+pub mod groups;
 pub mod outbox;
 pub mod rules;
 mod schema;

@@ -21,6 +21,8 @@ pub struct NewNotification {
     /// JSON of the triggering signal.
     pub signal: String,
     pub created_at: i64,
+    /// The group epoch it was made under (a cluster member's), if any.
+    pub epoch: Option<u64>,
 }
 
 /// Queue a notification (inside the caller's transaction). A row with the
@@ -28,8 +30,8 @@ pub struct NewNotification {
 pub fn insert(tx: &Transaction<'_>, n: &NewNotification) -> Result<bool, StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO notification (id, sink, event_id, rule, node, to_addr, channel, subject,
-             body, signal, status, attempts, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', 0, ?11, ?11, ?11)",
+             body, signal, status, attempts, next_attempt_at, created_at, updated_at, epoch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', 0, ?11, ?11, ?11, ?12)",
     )?;
     Ok(stmt.execute(params![
         n.id,
@@ -42,7 +44,8 @@ pub fn insert(tx: &Transaction<'_>, n: &NewNotification) -> Result<bool, StoreEr
         n.subject,
         n.body,
         n.signal,
-        n.created_at
+        n.created_at,
+        n.epoch.map(|e| e as i64)
     ])? > 0)
 }
 

@@ -18,6 +18,13 @@ pub struct RuleRow {
     pub deadline_ms: Option<u64>,
     pub config: Config,
     pub updated_at: i64,
+    /// The rule's group (DESIGN.md §7); `default` when it names none.
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+fn default_group() -> String {
+    crate::config::DEFAULT_GROUP.to_owned()
 }
 
 /// A rule row with its script: the sha256 as stored, and the bytes unless
@@ -41,6 +48,7 @@ impl RuleRow {
             && self.signals == other.signals
             && self.deadline_ms == other.deadline_ms
             && self.config == other.config
+            && self.group == other.group
     }
 }
 
@@ -80,11 +88,11 @@ pub fn upsert_script(conn: &Connection, name: &str, wasm: &[u8]) -> Result<Strin
 /// Insert or replace a rule row (its `updated_at` is set to now).
 pub fn upsert_rule(conn: &Connection, rule: &RuleRow) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO signal_rule (name, script, enabled, signals, deadline_ms, config, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO signal_rule (name, script, enabled, signals, deadline_ms, config, updated_at, grp)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (name) DO UPDATE SET script = excluded.script, enabled = excluded.enabled,
              signals = excluded.signals, deadline_ms = excluded.deadline_ms,
-             config = excluded.config, updated_at = excluded.updated_at",
+             config = excluded.config, updated_at = excluded.updated_at, grp = excluded.grp",
         params![
             rule.name,
             rule.script,
@@ -92,7 +100,8 @@ pub fn upsert_rule(conn: &Connection, rule: &RuleRow) -> Result<(), StoreError> 
             json(&rule.signals)?,
             rule.deadline_ms.map(|d| d as i64),
             json(&rule.config)?,
-            now_ms()
+            now_ms(),
+            rule.group
         ],
     )?;
     Ok(())
@@ -113,6 +122,7 @@ fn row_to_rule(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RuleRow, String, Stri
             deadline_ms: r.get::<_, Option<i64>>(4)?.map(|d| d.max(0) as u64),
             config: Config::new(),
             updated_at: r.get(6)?,
+            group: r.get(7)?,
         },
         r.get(3)?,
         r.get(5)?,
@@ -128,7 +138,7 @@ fn finish(row: (RuleRow, String, String)) -> Result<RuleRow, StoreError> {
     Ok(rule)
 }
 
-const RULE_COLUMNS: &str = "name, script, enabled, signals, deadline_ms, config, updated_at";
+const RULE_COLUMNS: &str = "name, script, enabled, signals, deadline_ms, config, updated_at, grp";
 
 /// Every rule row, by name.
 pub fn list_rules(conn: &Connection) -> Result<Vec<RuleRow>, StoreError> {
@@ -233,6 +243,7 @@ mod tests {
                         enabled: true,
                         signals: vec!["PANIC-*".into()],
                         deadline_ms: Some(20),
+                        group: "default".into(),
                         config: Config::new().with("to", "group:x").with("n", 3),
                         updated_at: 0,
                     },

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/001_init.sql"),
     include_str!("sql/002_exactly_once.sql"),
     include_str!("sql/003_hardening.sql"),
+    include_str!("sql/004_cluster.sql"),
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,256 @@
+//! A cluster member's pipeline (DESIGN.md §7): a signal runs the rules of
+//! the groups this node owns (the gate says which, with their epochs) and
+//! is kept as pending, per (group, key), for every other group it has
+//! rules in. A group that already ran a key here does not run it again.
+//!
+//! Raised signals (by rules or by the host) are also handed to the fan-out
+//! that the cluster driver installs ([`Node::set_fanout`]), which posts
+//! them to every member: whoever owns the groups of their rules runs them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_guest::Signal;
+
+use super::ingest::{outcome_json, save_quarantines};
+use super::*;
+use crate::store::groups;
+
+impl Node {
+    /// Run `signal` in the open groups that have not run its key (only in
+    /// `only`, when given); keep it pending for the others. `may_run`
+    /// false keeps it pending everywhere (a commit refused by the fencing
+    /// deadline is redone that way).
+    pub(super) fn run_grouped(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        rules: &mut RuleSet,
+        signal: &Signal,
+        now: i64,
+        only: Option<&str>,
+        may_run: bool,
+    ) -> Result<Run, StoreError> {
+        let mut todo = rules.groups_of(&signal.name);
+        if let Some(g) = only {
+            todo.retain(|x| &**x == g);
+        }
+        if todo.is_empty() {
+            // No rule anywhere takes it: nothing to run, nothing to keep.
+            return Ok(Run::Executed(Outcome::default(), 0));
+        }
+        let mut done = 0;
+        let mut i = 0;
+        while i < todo.len() {
+            if groups::ran(tx, &todo[i], &signal.key)? {
+                todo.swap_remove(i);
+                done += 1;
+            } else {
+                i += 1;
+            }
+        }
+        if todo.is_empty() && done > 0 {
+            return Ok(Run::Covered);
+        }
+        let started = Instant::now();
+        let d = if may_run {
+            rules.dispatch_where(signal, &mut |g| todo.iter().any(|t| &**t == g))
+        } else {
+            Dispatch::Suppressed
+        };
+        self.metrics.observe_dispatch(started.elapsed());
+        let outcome = match d {
+            Dispatch::Executed(o) => Some(o),
+            Dispatch::Suppressed => None,
+        };
+        let mut ran: Vec<(Arc<str>, u64)> = Vec::new();
+        for r in outcome
+            .iter()
+            .flat_map(|o| &o.runs)
+            .filter(|r| r.origin == 0)
+        {
+            if !ran.iter().any(|(g, _)| *g == r.group) {
+                ran.push((r.group.clone(), r.epoch));
+            }
+        }
+        for (g, epoch) in &ran {
+            groups::record(tx, g, &signal.key, *epoch, now)?;
+        }
+        for g in todo.iter().filter(|g| !ran.iter().any(|(r, _)| r == *g)) {
+            groups::add_pending(tx, g, &signal.key, signal.id, now)?;
+        }
+        match outcome {
+            Some(o) if !ran.is_empty() => Ok(Run::Executed(o, exec::record(tx, &signal.key, now)?)),
+            _ => Ok(Run::Stored),
+        }
+    }
+
+    /// Run `group`'s pending signals received at or after `since` (ms),
+    /// oldest first, flagged `replayed` when `flag`; those received before
+    /// `since` are dropped from the group's pending rows. Stops early if
+    /// the group's gate closes.
+    pub async fn replay_group(
+        self: &Arc<Self>,
+        group: String,
+        since: i64,
+        flag: bool,
+    ) -> Result<ReplaySummary, StoreError> {
+        let node = self.clone();
+        let summary =
+            tokio::task::spawn_blocking(move || node.replay_group_blocking(&group, since, flag))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))??;
+        if summary.executed > 0 {
+            self.wake_delivery();
+        }
+        Ok(summary)
+    }
+
+    fn replay_group_blocking(
+        &self,
+        group: &str,
+        since: i64,
+        flag: bool,
+    ) -> Result<ReplaySummary, StoreError> {
+        let mut summary = ReplaySummary::default();
+        summary.stale += self.store.write_blocking(|c| {
+            let tx = c.transaction()?;
+            let n = groups::drop_pending_before(&tx, group, since)?;
+            tx.commit()?;
+            Ok(n as u64)
+        })?;
+        loop {
+            let ids = self
+                .store
+                .read_blocking(|c| groups::pending(c, group, since, 500))?;
+            if ids.is_empty() || !self.gate.is_group_open(group) {
+                return Ok(summary);
+            }
+            let progressed = self.store.write_blocking(|conn| {
+                let now = now_ms();
+                let tx = conn.transaction()?;
+                let mut results = Vec::new();
+                let mut progressed = false;
+                {
+                    let mut rules = self.lock_rules();
+                    for (id, _) in ids {
+                        let Some((mut signal, _)) = events::load(&tx, id as i64)? else {
+                            // Its event row is gone (pruned): nothing to run.
+                            tx.execute(
+                                "DELETE FROM group_pending WHERE grp = ?1 AND event_id = ?2",
+                                rusqlite::params![group, id as i64],
+                            )?;
+                            continue;
+                        };
+                        signal.replayed = flag;
+                        let run =
+                            self.run_grouped(&tx, &mut rules, &signal, now, Some(group), true)?;
+                        match &run {
+                            Run::Executed(o, _) => {
+                                events::append_outcome(&tx, id, &outcome_json(o), flag)?;
+                                summary.executed += 1;
+                                progressed = true;
+                                results.push((signal, run));
+                            }
+                            Run::Covered => {
+                                tx.execute(
+                                    "DELETE FROM group_pending WHERE grp = ?1 AND key = ?2",
+                                    rusqlite::params![group, signal.key],
+                                )?;
+                                summary.covered += 1;
+                                progressed = true;
+                            }
+                            // The gate closed under us: stop here.
+                            Run::Stored => break,
+                        }
+                    }
+                    save_quarantines(&tx, &mut rules)?;
+                }
+                if !self.gate.within_deadline() {
+                    // Fenced meanwhile: nothing of this round commits.
+                    return Ok(false);
+                }
+                let queued = self.finish(&tx, &results, now)?;
+                tx.commit()?;
+                self.after_commit(&results, queued);
+                Ok(progressed)
+            })?;
+            if !progressed {
+                return Ok(summary);
+            }
+        }
+    }
+
+    /// The cluster driver's way to every member: signals raised here (by
+    /// rules or the host) are handed to it after their commit.
+    pub fn set_fanout(&self, fanout: tokio::sync::mpsc::Sender<Vec<SignalInput>>) {
+        *self.fanout.lock().unwrap_or_else(|p| p.into_inner()) = Some(fanout);
+    }
+
+    /// Hand signals to the fan-out, if there is one; a full queue drops
+    /// them with a warning (each member also keeps what devices sent it).
+    pub(super) fn fan_out(&self, signals: Vec<SignalInput>) {
+        if signals.is_empty() {
+            return;
+        }
+        let fanout = self
+            .fanout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(f) = fanout
+            && let Err(e) = f.try_send(signals)
+        {
+            tracing::warn!("cannot hand raised signals to the other members: {e}");
+        }
+    }
+
+    /// The raised signals of committed results, as members receive them.
+    pub(super) fn raised_inputs(results: &[(Signal, Run)]) -> Vec<SignalInput> {
+        results
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Run::Executed(o, _) => Some(&o.raised),
+                _ => None,
+            })
+            .flatten()
+            .map(|s| SignalInput {
+                name: s.name.clone(),
+                source: Some(s.source.clone()),
+                key: Some(s.key.clone()),
+                time: Some(s.time),
+                fields: s.fields.clone(),
+            })
+            .collect()
+    }
+
+    /// Record who owns each group (the cluster driver, after each read).
+    pub fn set_group_owners(&self, owners: std::collections::BTreeMap<String, String>) {
+        *self.group_owners.lock().unwrap_or_else(|p| p.into_inner()) = owners;
+    }
+
+    /// The owner of each group a signal named `name` has rules in (for
+    /// the ingest reply); `None` when nobody owns it now.
+    pub(super) fn owners_for(
+        &self,
+        rules: &mut RuleSet,
+        name: &str,
+    ) -> std::collections::BTreeMap<String, Option<String>> {
+        let owners = self.group_owners.lock().unwrap_or_else(|p| p.into_inner());
+        rules
+            .groups_of(name)
+            .iter()
+            .map(|g| (g.to_string(), owners.get(&**g).cloned()))
+            .collect()
+    }
+
+    /// How long ago (ms) this node started: a takeover's `down_since` when
+    /// it never saw the group owned.
+    pub fn started_at_ms(&self) -> i64 {
+        now_ms() - self.started.elapsed().as_millis() as i64
+    }
+}
+
+/// How a replay window turns into a `since` (ms): `down_since - window`.
+pub fn replay_since(down_since_ms: i64, window: Duration) -> i64 {
+    down_since_ms - window.as_millis() as i64
+}
