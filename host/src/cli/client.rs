@@ -99,6 +99,18 @@ pub fn status(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// GET `/api/v1/{path}`; the JSON answer, or an error with its message.
+pub fn get_json(t: &Target, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (code, body) = runtime()?.block_on(call(
+        reqwest::Method::GET,
+        format!("{}/api/v1/{path}", t.admin.trim_end_matches('/')),
+        t.token.as_deref(),
+        None,
+    ))?;
+    fail_on(code, &body)?;
+    Ok(body)
+}
+
 /// POST to `/api/v1/{path}`; the JSON answer, or an error with its message.
 pub fn post_json(t: &Target, path: &str) -> anyhow::Result<serde_json::Value> {
     let (code, body) = runtime()?.block_on(call(

@@ -2,6 +2,7 @@
 //! become messages and exit codes (the only place `anyhow` is used).
 
 mod client;
+mod cluster;
 mod rule;
 mod sync;
 
@@ -35,6 +36,9 @@ pub enum Command {
     Failback(client::Target),
     /// Hand the active role to the other node of the pair.
     Switchover(client::Target),
+    /// A cluster member's view and commands (DESIGN.md §7).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Table sync: now, or an export for inspection and backups.
     #[command(subcommand)]
     Sync(sync::SyncCommand),
@@ -97,6 +101,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rule(cmd) => rule::run(cmd),
         Command::Signal(cmd) => client::signal(cmd),
         Command::Status(t) => client::status(&t),
+        Command::Cluster(c) => cluster::run(c),
         Command::Sync(cmd) => sync::run(cmd),
         Command::Failback(t) => client::pair_command(&t, "failback"),
         Command::Switchover(t) => client::pair_command(&t, "switchover"),

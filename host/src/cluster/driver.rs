@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, PutOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::keepalive::{self, Event, Lease, View, bounded};
 use super::keys::Keys;
 use super::model::{self, Member, Owner, OwnerValue, Situation, Step};
 use super::{ClusterError, Command, FenceView, MemberView, OwnerView, Status};
@@ -61,11 +62,14 @@ struct Driver {
     me: String,
     keys: Keys,
     client: Option<Client>,
-    lease: Option<i64>,
-    granted: Duration,
-    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    /// The lease, as the keepalive task granted it.
+    lease_rx: watch::Receiver<Lease>,
+    lease_tx: Option<watch::Sender<Lease>>,
+    /// The keepalive task's reports (once it runs).
+    events: Option<mpsc::Receiver<Event>>,
     watch: Option<WatchStream>,
-    member_put: bool,
+    /// The lease the members key was put under.
+    member_lease: Option<i64>,
     digest_ok: Option<bool>,
     members: BTreeMap<String, Member>,
     owners: BTreeMap<String, Owner>,
@@ -81,6 +85,7 @@ struct Driver {
     last_error: Option<String>,
     status: watch::Sender<Status>,
     started_ms: i64,
+    stop: Listener,
 }
 
 /// Start the driver task.
@@ -93,17 +98,18 @@ pub(super) fn start(
 ) -> tokio::task::JoinHandle<()> {
     let me = node.config().node.name.clone();
     let started_ms = node.started_at_ms();
+    let (lease_tx, lease_rx) = watch::channel(None);
     let d = Driver {
         keys: Keys::new(cfg.prefix()),
         node,
         cfg,
         me,
         client: None,
-        lease: None,
-        granted: Duration::ZERO,
-        keeper: None,
+        lease_rx,
+        lease_tx: Some(lease_tx),
+        events: None,
         watch: None,
-        member_put: false,
+        member_lease: None,
         digest_ok: None,
         members: BTreeMap::new(),
         owners: BTreeMap::new(),
@@ -116,8 +122,16 @@ pub(super) fn start(
         last_error: None,
         status,
         started_ms,
+        stop: stop.clone(),
     };
     tokio::spawn(d.run(cmds, stop))
+}
+
+async fn next_event(e: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
+    match e {
+        Some(e) => e.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_watch(
@@ -143,6 +157,14 @@ impl Driver {
         (self.cfg.lease_ttl / 3).max(Duration::from_millis(300))
     }
 
+    fn lease(&self) -> Option<i64> {
+        self.lease_rx.borrow().map(|(id, _)| id)
+    }
+
+    fn member_put(&self) -> bool {
+        self.member_lease.is_some() && self.member_lease == self.lease()
+    }
+
     fn ready(&self) -> bool {
         self.node.uptime() >= self.cfg.startup_delay
     }
@@ -156,24 +178,12 @@ impl Driver {
             .collect()
     }
 
-    async fn call<T, F>(&self, what: &str, f: F) -> Result<T, ClusterError>
-    where
-        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
-    {
-        match tokio::time::timeout(self.op_timeout(), f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.node.metrics().cluster_etcd_errors.inc();
-                Err(ClusterError::Etcd(format!("{what}: {e}")))
-            }
-            Err(_) => {
-                self.node.metrics().cluster_etcd_errors.inc();
-                Err(ClusterError::Etcd(format!(
-                    "{what}: no answer within {:?}",
-                    self.op_timeout()
-                )))
-            }
-        }
+    async fn call<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, ClusterError> {
+        bounded(self.node.metrics(), self.op_timeout(), what, f).await
     }
 
     async fn run(mut self, mut cmds: mpsc::Receiver<Command>, stop: Listener) {
@@ -185,7 +195,12 @@ impl Driver {
             let deadline_at = self.deadline_instant();
             let takeover_due = self.takeover_at.values().min().copied();
             let watching = self.watch.is_some();
+            let listening = self.events.is_some();
             tokio::select! {
+                ev = next_event(&mut self.events), if listening => match ev {
+                    Some(ev) => self.on_event(ev).await,
+                    None => self.events = None,
+                },
                 _ = &mut stop => break,
                 _ = tokio::time::sleep_until(next_round) => {
                     next_round = Instant::now() + self.slot();
@@ -246,7 +261,7 @@ impl Driver {
         // the lease deletes the keys), so the next nodes need not wait for
         // the lease to run out.
         self.close_all().await;
-        if let (Some(mut c), Some(lease)) = (self.client.clone(), self.lease) {
+        if let (Some(mut c), Some(lease)) = (self.client.clone(), self.lease()) {
             let _ = tokio::time::timeout(self.op_timeout(), c.lease_revoke(lease)).await;
         }
         self.publish();
@@ -291,11 +306,27 @@ impl Driver {
         if self.digest_ok != Some(true) {
             return Ok(());
         }
-        if self.lease.is_none() {
-            self.grant(client.clone()).await?;
+        if let Some(lease_tx) = self.lease_tx.take() {
+            // The keepalive task owns the lease from here on.
+            let (tx, rx) = mpsc::channel(16);
+            self.events = Some(rx);
+            tokio::spawn(keepalive::run(
+                client.clone(),
+                keepalive::Settings {
+                    me: self.me.clone(),
+                    keys: self.keys.clone(),
+                    ttl: self.cfg.lease_ttl,
+                    margin: self.cfg.fence_margin,
+                    op_timeout: self.op_timeout(),
+                },
+                self.node.gate().clone(),
+                self.node.metrics_arc(),
+                lease_tx,
+                tx,
+                self.stop.clone(),
+            ));
         }
-        self.keepalive(client.clone()).await?;
-        if self.ready() && !self.member_put {
+        if self.ready() && self.lease().is_some() && !self.member_put() {
             self.put_member(client.clone()).await?;
         }
         if self.watch.is_none() {
@@ -357,86 +388,35 @@ impl Driver {
         Ok(())
     }
 
-    async fn grant(&mut self, mut c: Client) -> Result<(), ClusterError> {
-        let ttl = self.cfg.lease_ttl.as_secs().max(1) as i64;
-        let g = self.call("lease grant", c.lease_grant(ttl, None)).await?;
-        self.lease = Some(g.id());
-        self.granted = Duration::from_secs(g.ttl().max(1) as u64);
-        self.keeper = None;
-        self.member_put = false;
-        tracing::info!(node = %self.me, lease = %format!("{:x}", g.id()), ttl = g.ttl(), "cluster: lease granted");
-        Ok(())
-    }
-
-    /// A keepalive, credited only by the read that follows its answer.
-    async fn keepalive(&mut self, mut c: Client) -> Result<(), ClusterError> {
-        let Some(lease) = self.lease else {
-            return Ok(());
-        };
-        if self.keeper.is_none() {
-            let k = self
-                .call("keepalive stream", c.lease_keep_alive(lease))
-                .await?;
-            self.keeper = Some(k);
-        }
-        let sent = boottime_ns();
-        let t = self.op_timeout();
-        let answer = {
-            let Some((keeper, stream)) = self.keeper.as_mut() else {
-                return Ok(());
-            };
-            let result = tokio::time::timeout(t, async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            })
-            .await;
-            match result {
-                Ok(Ok(Some(r))) => Ok(r),
-                Ok(Ok(None)) => Err(ClusterError::Etcd("keepalive stream ended".into())),
-                Ok(Err(e)) => Err(etcd_err(e)),
-                Err(_) => Err(ClusterError::Etcd(format!(
-                    "keepalive: no answer within {t:?}"
-                ))),
+    /// A report of the keepalive task.
+    async fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Round { view, credited } => {
+                self.apply_view(view);
+                if let Some(sent) = credited {
+                    self.credited_sent = Some(sent);
+                    if self.fenced.is_some() {
+                        self.unfence().await;
+                    }
+                }
+                if self.ready()
+                    && self.lease().is_some()
+                    && !self.member_put()
+                    && let Some(c) = self.client.clone()
+                    && let Err(e) = self.put_member(c).await
+                {
+                    self.note_error(e);
+                }
+                self.decide_all().await;
             }
-        };
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                // A stream that missed an answer is dropped: a late answer
-                // must never be taken for the next keepalive's.
-                self.keeper = None;
-                self.node.metrics().cluster_etcd_errors.inc();
-                return Err(e);
-            }
-        };
-        if answer.ttl() <= 0 {
-            self.lease_lost().await;
-            return Err(ClusterError::Etcd(
-                "the lease expired: this node's keys are gone".into(),
-            ));
+            Event::LeaseLost => self.lease_lost().await,
+            Event::Error(e) => self.note_error(e),
         }
-        let granted = Duration::from_secs(answer.ttl() as u64);
-        self.read_view(c).await?;
-        let open: Vec<String> = self.open.keys().cloned().collect();
-        if model::credit(&open, &self.owners, &self.me, lease) {
-            self.credited_sent = Some(sent);
-            self.node.gate().set_deadline(Some(model::deadline(
-                sent,
-                granted,
-                self.cfg.fence_margin,
-            )));
-            if self.fenced.is_some() {
-                self.unfence().await;
-            }
-        }
-        Ok(())
     }
 
     async fn lease_lost(&mut self) {
         tracing::warn!(node = %self.me, "cluster: the lease expired");
-        self.lease = None;
-        self.keeper = None;
-        self.member_put = false;
+        self.member_lease = None;
         if self.fenced.is_none() && !self.open.is_empty() {
             self.fence("the lease expired: its owner keys are gone".into())
                 .await;
@@ -448,7 +428,7 @@ impl Driver {
     }
 
     async fn put_member(&mut self, mut c: Client) -> Result<(), ClusterError> {
-        let Some(lease) = self.lease else {
+        let Some(lease) = self.lease() else {
             return Ok(());
         };
         let m = Member {
@@ -467,61 +447,23 @@ impl Driver {
             ),
         )
         .await?;
-        self.member_put = true;
+        self.member_lease = Some(lease);
         tracing::info!(node = %self.me, "cluster: Ready, members key put");
         Ok(())
     }
 
     /// A linearizable read of `members/`, `owners/` and `publisher`.
-    async fn read_view(&mut self, mut c: Client) -> Result<(), ClusterError> {
-        let members = self
-            .call(
-                "read members",
-                c.get(self.keys.members(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-        let owners = self
-            .call(
-                "read owners",
-                c.get(self.keys.owners(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-        let publisher = self
-            .call("read publisher", c.get(self.keys.publisher(), None))
-            .await?;
-        let mp = self.keys.members();
-        self.members = members
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let name = kv.key_str().ok()?.strip_prefix(mp.as_str())?.to_owned();
-                let m: Member = serde_json::from_slice(kv.value()).ok()?;
-                Some((name, m))
-            })
-            .collect();
-        let op = self.keys.owners();
-        self.owners = owners
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let group = kv.key_str().ok()?.strip_prefix(op.as_str())?.to_owned();
-                let value: OwnerValue = serde_json::from_slice(kv.value()).ok()?;
-                Some((
-                    group,
-                    Owner {
-                        value,
-                        mod_revision: kv.mod_revision(),
-                    },
-                ))
-            })
-            .collect();
-        self.publisher = publisher.kvs().first().and_then(|kv| {
-            serde_json::from_slice::<serde_json::Value>(kv.value())
-                .ok()?
-                .get("node")?
-                .as_str()
-                .map(str::to_owned)
-        });
+    async fn read_view(&mut self, c: Client) -> Result<(), ClusterError> {
+        let view =
+            keepalive::read_view(c, &self.keys, self.node.metrics(), self.op_timeout()).await?;
+        self.apply_view(view);
+        Ok(())
+    }
+
+    fn apply_view(&mut self, view: View) {
+        self.members = view.members;
+        self.owners = view.owners;
+        self.publisher = view.publisher;
         let now = now_ms();
         for (g, o) in &self.owners {
             self.last_owned
@@ -533,7 +475,6 @@ impl Driver {
                 .map(|(g, o)| (g.clone(), o.value.node.clone()))
                 .collect(),
         );
-        Ok(())
     }
 
     /// Re-read the view and decide (on watch events).
@@ -555,8 +496,8 @@ impl Driver {
             let step = model::decide(Situation {
                 list: &list,
                 me: &self.me,
-                lease: self.lease,
-                ready: self.ready() && self.member_put,
+                lease: self.lease(),
+                ready: self.ready() && self.member_put(),
                 members: &self.members,
                 owner: self.owners.get(&group),
                 open_here,
@@ -630,7 +571,7 @@ impl Driver {
 
     /// Create `owners/G` if it is still absent (create-only).
     async fn take_over(&mut self, group: &str) -> Result<(), ClusterError> {
-        let (Some(mut c), Some(lease)) = (self.client.clone(), self.lease) else {
+        let (Some(mut c), Some(lease)) = (self.client.clone(), self.lease()) else {
             return Ok(());
         };
         if self.fenced.is_some() || !self.node.gate().within_deadline() {
@@ -1070,7 +1011,7 @@ impl Driver {
             etcd: self.cfg.etcd.clone(),
             ready: self.ready(),
             digest_ok: self.digest_ok == Some(true),
-            lease: self.lease.map(|l| format!("{l:x}")),
+            lease: self.lease().map(|l| format!("{l:x}")),
             owned: self.open.keys().cloned().collect(),
             fenced: self.fenced.as_ref().map(|f| FenceView {
                 since: f.since_ms,

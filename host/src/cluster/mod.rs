@@ -17,6 +17,7 @@
 
 mod driver;
 pub mod fanout;
+mod keepalive;
 mod keys;
 pub mod model;
 

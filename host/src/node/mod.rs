@@ -241,6 +241,10 @@ impl Node {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+    /// The metrics, shared (for tasks that outlive a borrow).
+    pub fn metrics_arc(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
 
     /// The metrics text, with the engine's counters and the rule counts.
     pub fn render_metrics(&self, rules_loaded: usize, rules_quarantined: usize) -> String {

@@ -1,0 +1,246 @@
+//! The lease and its keepalives, in a task of their own: a slow replay, a
+//! handback waiting for running rules, or a slow HTTP call in the driver
+//! never delays a keepalive.
+//!
+//! Each round (a third of the TTL): send a keepalive, wait for its answer,
+//! then a linearizable read of `members/`, `owners/` and `publisher`. The
+//! keepalive is credited only if that read shows every group the gate
+//! holds open as {me, my lease} ([`model::credit`]); then the gate's
+//! fencing deadline moves to the keepalive's SEND time + granted TTL -
+//! margin ([`model::deadline`]). A stream that missed an answer is
+//! dropped, so a late answer is never taken for a later keepalive's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions, LeaseKeepAliveStream, LeaseKeeper};
+use tokio::sync::{mpsc, watch};
+
+use super::ClusterError;
+use super::keys::Keys;
+use super::model::{self, Member, Owner, OwnerValue};
+use crate::clock::boottime_ns;
+use crate::engine::Gate;
+use crate::metrics::Metrics;
+use crate::shutdown::Listener;
+
+/// What a linearizable read of the cluster's keys showed.
+#[derive(Debug, Clone, Default)]
+pub(super) struct View {
+    pub(super) members: BTreeMap<String, Member>,
+    pub(super) owners: BTreeMap<String, Owner>,
+    pub(super) publisher: Option<String>,
+}
+
+/// What the keepalive task tells the driver.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// A keepalive was answered and the read after it done; `credited`
+    /// is the keepalive's send time (boottime ns) when the deadline moved.
+    Round { view: View, credited: Option<u64> },
+    /// The lease is gone (expired or revoked): its keys went with it.
+    LeaseLost,
+    /// A round failed.
+    Error(ClusterError),
+}
+
+/// The current lease: (id, TTL granted).
+pub(super) type Lease = Option<(i64, Duration)>;
+
+/// Bound an etcd call by `t`, counting failures.
+pub(super) async fn bounded<T>(
+    metrics: &Metrics,
+    t: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(t, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            metrics.cluster_etcd_errors.inc();
+            Err(ClusterError::Etcd(format!("{what}: {e}")))
+        }
+        Err(_) => {
+            metrics.cluster_etcd_errors.inc();
+            Err(ClusterError::Etcd(format!(
+                "{what}: no answer within {t:?}"
+            )))
+        }
+    }
+}
+
+/// A linearizable read of `members/`, `owners/` and `publisher`.
+pub(super) async fn read_view(
+    mut c: Client,
+    keys: &Keys,
+    metrics: &Metrics,
+    t: Duration,
+) -> Result<View, ClusterError> {
+    let members = bounded(
+        metrics,
+        t,
+        "read members",
+        c.get(keys.members(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let owners = bounded(
+        metrics,
+        t,
+        "read owners",
+        c.get(keys.owners(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let publisher = bounded(metrics, t, "read publisher", c.get(keys.publisher(), None)).await?;
+    let mp = keys.members();
+    let op = keys.owners();
+    Ok(View {
+        members: members
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = kv.key_str().ok()?.strip_prefix(mp.as_str())?.to_owned();
+                Some((name, serde_json::from_slice(kv.value()).ok()?))
+            })
+            .collect(),
+        owners: owners
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let group = kv.key_str().ok()?.strip_prefix(op.as_str())?.to_owned();
+                let value: OwnerValue = serde_json::from_slice(kv.value()).ok()?;
+                Some((
+                    group,
+                    Owner {
+                        value,
+                        mod_revision: kv.mod_revision(),
+                    },
+                ))
+            })
+            .collect(),
+        publisher: publisher.kvs().first().and_then(|kv| {
+            serde_json::from_slice::<serde_json::Value>(kv.value())
+                .ok()?
+                .get("node")?
+                .as_str()
+                .map(str::to_owned)
+        }),
+    })
+}
+
+/// The keepalive task's settings.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) me: String,
+    pub(super) keys: Keys,
+    pub(super) ttl: Duration,
+    pub(super) margin: Duration,
+    pub(super) op_timeout: Duration,
+}
+
+/// Grant a lease, keep it alive, credit keepalives; until `stop`.
+pub(super) async fn run(
+    client: Client,
+    s: Settings,
+    gate: Gate,
+    metrics: Arc<Metrics>,
+    lease_tx: watch::Sender<Lease>,
+    events: mpsc::Sender<Event>,
+    stop: Listener,
+) {
+    let stop = stop.wait();
+    tokio::pin!(stop);
+    let period = s.ttl / 3;
+    let mut keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let mut next = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next = tokio::time::Instant::now() + period;
+        let event = round(&client, &s, &gate, &metrics, &lease_tx, &mut keeper).await;
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn round(
+    client: &Client,
+    s: &Settings,
+    gate: &Gate,
+    metrics: &Metrics,
+    lease_tx: &watch::Sender<Lease>,
+    keeper: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) -> Event {
+    let t = s.op_timeout;
+    let lease = *lease_tx.borrow();
+    let (id, granted) = match lease {
+        Some(l) => l,
+        None => {
+            let mut c = client.clone();
+            let ttl = s.ttl.as_secs().max(1) as i64;
+            match bounded(metrics, t, "lease grant", c.lease_grant(ttl, None)).await {
+                Ok(g) => {
+                    let l = (g.id(), Duration::from_secs(g.ttl().max(1) as u64));
+                    tracing::info!(node = %s.me, lease = %format!("{:x}", g.id()), ttl = g.ttl(), "cluster: lease granted");
+                    *keeper = None;
+                    lease_tx.send_replace(Some(l));
+                    l
+                }
+                Err(e) => return Event::Error(e),
+            }
+        }
+    };
+    if keeper.is_none() {
+        let mut c = client.clone();
+        match bounded(metrics, t, "keepalive stream", c.lease_keep_alive(id)).await {
+            Ok(k) => *keeper = Some(k),
+            Err(e) => return Event::Error(e),
+        }
+    }
+    let sent = boottime_ns();
+    let answer = match keeper.as_mut() {
+        Some((k, stream)) => {
+            tokio::time::timeout(t, async {
+                k.keep_alive().await?;
+                stream.message().await
+            })
+            .await
+        }
+        None => return Event::Error(ClusterError::Etcd("no keepalive stream".into())),
+    };
+    let answer = match answer {
+        Ok(Ok(Some(a))) => a,
+        other => {
+            // A stream that missed an answer is dropped.
+            *keeper = None;
+            metrics.cluster_etcd_errors.inc();
+            return Event::Error(ClusterError::Etcd(match other {
+                Ok(Ok(None)) => "keepalive stream ended".to_owned(),
+                Ok(Err(e)) => format!("keepalive: {e}"),
+                _ => format!("keepalive: no answer within {t:?}"),
+            }));
+        }
+    };
+    if answer.ttl() <= 0 {
+        *keeper = None;
+        lease_tx.send_replace(None);
+        return Event::LeaseLost;
+    }
+    let ttl = Duration::from_secs(answer.ttl() as u64).min(granted.max(Duration::from_secs(1)));
+    let view = match read_view(client.clone(), &s.keys, metrics, t).await {
+        Ok(v) => v,
+        Err(e) => return Event::Error(e),
+    };
+    let open: Vec<String> = gate.open_groups().keys().map(|g| g.to_string()).collect();
+    let credited = model::credit(&open, &view.owners, &s.me, id);
+    if credited {
+        gate.set_deadline(Some(model::deadline(sent, ttl, s.margin)));
+    }
+    Event::Round {
+        view,
+        credited: credited.then_some(sent),
+    }
+}
