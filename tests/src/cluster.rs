@@ -192,6 +192,11 @@ pub struct Opts {
     pub etcd_members: usize,
     /// Route node `i`'s etcd traffic through a fault-injecting proxy.
     pub proxied: Vec<usize>,
+    /// Extra lines for `[cluster.advanced]`.
+    pub advanced: &'static str,
+    /// Advertise each node through a proxy of its own (to cut members
+    /// off from each other while etcd stays reachable).
+    pub advertise_proxies: bool,
 }
 
 /// The three groups of DESIGN.md §7.
@@ -229,6 +234,8 @@ impl Default for Opts {
             ],
             etcd_members: 1,
             proxied: Vec::new(),
+            advanced: "",
+            advertise_proxies: false,
         }
     }
 }
@@ -242,14 +249,18 @@ pub struct Cluster {
     pub hook: Webhook,
     /// Per node: the proxy its etcd traffic goes through, if any.
     pub proxies: Vec<Option<Proxy>>,
+    /// Per node: the proxy it is advertised through, if any.
+    pub fronts: Vec<Option<Proxy>>,
     _dir: tempfile::TempDir,
 }
 
 /// The config of cluster node `name`.
+#[allow(clippy::too_many_arguments)]
 fn node_config(
     dir: &Path,
     name: &str,
     admin: &str,
+    advertise: &str,
     etcd: &[String],
     o: &Opts,
     rules: &Path,
@@ -265,17 +276,18 @@ fn node_config(
         "[node]\nname = \"{name}\"\ndata_dir = \"{data}\"\n\n\
          [admin]\nlisten = \"{admin}\"\ntoken = \"admin\"\ningest_token = \"ingest\"\n\n\
          [rules]\ndir = \"{rules}\"\n\n\
-         [cluster]\nname = \"test\"\netcd = [{endpoints}]\nadvertise = \"http://{admin}\"\n\
+         [cluster]\nname = \"test\"\netcd = [{endpoints}]\nadvertise = \"http://{advertise}\"\n\
          lease_ttl = \"{ttl}ms\"\nsecret = \"{CLUSTER_SECRET}\"\nfailback = \"{failback}\"\n\
          startup_delay = \"0s\"\nreplay_window = \"10s\"\n\n\
          [cluster.groups]\n{groups}\n\
-         [cluster.advanced]\nlab_timings = true\n\n\
+         [cluster.advanced]\nlab_timings = true\n{advanced}\n\n\
          [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{hook}\"\n",
         data = dir.join("data").display(),
         rules = rules.display(),
         ttl = LEASE_TTL.as_millis(),
         failback = o.failback,
         groups = o.groups,
+        advanced = o.advanced,
     );
     std::fs::write(&path, text).expect("write config");
     path
@@ -295,6 +307,7 @@ pub fn start_cluster(o: Opts) -> Cluster {
     }
     let mut nodes = Vec::new();
     let mut proxies = Vec::new();
+    let mut fronts = Vec::new();
     for (i, name) in o.nodes.iter().enumerate() {
         let ndir = dir.path().join(name);
         std::fs::create_dir_all(&ndir).expect("mkdir");
@@ -305,9 +318,23 @@ pub fn start_cluster(o: Opts) -> Cluster {
             (etcd.endpoints(), None)
         };
         let admin = format!("127.0.0.1:{}", free_port());
-        let cfg = node_config(&ndir, name, &admin, &endpoints, &o, &rules, &hook.url());
+        let front = o.advertise_proxies.then(|| Proxy::start(admin.clone()));
+        let advertise = front
+            .as_ref()
+            .map_or(admin.clone(), |p| p.addr().to_owned());
+        let cfg = node_config(
+            &ndir,
+            name,
+            &admin,
+            &advertise,
+            &endpoints,
+            &o,
+            &rules,
+            &hook.url(),
+        );
         nodes.push(NodeProc::start(&ndir, &cfg));
         proxies.push(proxy);
+        fronts.push(front);
     }
     Cluster {
         etcd,
@@ -315,6 +342,7 @@ pub fn start_cluster(o: Opts) -> Cluster {
         names: o.nodes.clone(),
         hook,
         proxies,
+        fronts,
         _dir: dir,
     }
 }
@@ -390,6 +418,69 @@ impl Cluster {
         })
     }
 
+    /// Whether `name` says it is fenced.
+    pub fn fenced(&self, name: &str) -> bool {
+        self.view(name).is_some_and(|v| !v["fenced"].is_null())
+    }
+
+    /// The epoch of every group as `via` sees it.
+    pub fn epochs(&self, via: &str) -> Vec<(String, Option<String>, i64)> {
+        self.view(via)
+            .and_then(|v| {
+                v["owners"].as_array().map(|a| {
+                    a.iter()
+                        .map(|o| {
+                            (
+                                o["group"].as_str().unwrap_or("").to_owned(),
+                                o["node"].as_str().map(str::to_owned),
+                                o["epoch"].as_i64().unwrap_or(0),
+                            )
+                        })
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every tenure (group, node, epoch, opened, closed) the nodes in
+    /// `names` report, on the machine's CLOCK_BOOTTIME.
+    pub fn tenures(&self, names: &[&str]) -> Vec<(String, String, i64, u64, u64)> {
+        let mut all = Vec::new();
+        for n in names {
+            let v = self
+                .view(n)
+                .unwrap_or_else(|| panic!("{n} does not answer /api/v1/cluster"));
+            for t in v["tenures"].as_array().into_iter().flatten() {
+                all.push((
+                    t["group"].as_str().unwrap_or("").to_owned(),
+                    (*n).to_owned(),
+                    t["epoch"].as_i64().unwrap_or(0),
+                    t["opened_ns"].as_u64().unwrap_or(0),
+                    t["closed_ns"].as_u64().unwrap_or(u64::MAX),
+                ));
+            }
+        }
+        all
+    }
+
+    /// No two nodes had one group's gate open (and within their fencing
+    /// deadline) at the same instant.
+    pub fn assert_one_owner_at_a_time(&self, names: &[&str]) {
+        let t = self.tenures(names);
+        for a in &t {
+            for b in &t {
+                if a.0 == b.0 && a.1 < b.1 {
+                    let overlap = a.3 < b.4 && b.3 < a.4;
+                    assert!(
+                        !overlap,
+                        "group {} open on {} (epoch {}, {}..{}) and on {} (epoch {}, {}..{}) at once",
+                        a.0, a.1, a.2, a.3, a.4, b.1, b.2, b.3, b.4
+                    );
+                }
+            }
+        }
+    }
+
     /// POST a signal to every node (as devices do).
     pub fn send_to_all(&self, body: &str) {
         for n in &self.nodes {
@@ -447,4 +538,56 @@ pub fn wait_for(what: &str, limit: Duration, pred: impl FnMut() -> bool) -> Dura
     let t = Instant::now();
     wait_until(what, limit, pred);
     t.elapsed()
+}
+
+/// A device that keeps sending keyed PANIC signals to some nodes, every
+/// 25 ms, until stopped.
+#[derive(Debug)]
+pub struct Sender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Sender {
+    /// Start sending to `admins` (admin base URLs), keys `PREFIX-N`.
+    pub fn start(admins: Vec<String>, prefix: &str) -> Sender {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, prefix) = (stop.clone(), prefix.to_owned());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let body = format!(
+                    r#"{{"name": "PANIC-2", "key": "{prefix}-{n}", "fields": {{"location": "hall"}}}}"#
+                );
+                for a in &admins {
+                    let _ = crate::http::try_request(
+                        "POST",
+                        a,
+                        "/api/v1/signals",
+                        Some("ingest"),
+                        body.as_bytes(),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            n
+        });
+        Sender {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop; how many signals were sent (to each node).
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -134,6 +134,16 @@ impl NodeProc {
         }
     }
 
+    /// Send `sig` (e.g. `libc::SIGSTOP`) to the process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) with a pid this test spawned and still owns.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     /// Start again with the same config and data.
     pub fn restart(&mut self) {
         self.kill9();

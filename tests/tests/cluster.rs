@@ -163,3 +163,313 @@ fn kill_9_of_an_owner_moves_only_its_group_and_a_restart_brings_it_back() {
         "elementary"
     );
 }
+
+#[test]
+fn a_node_cut_off_from_etcd_fences_before_its_lease_ends_and_the_next_takes_over_only_after() {
+    let _one = lock();
+    let c = start_cluster(Opts {
+        proxied: vec![1],
+        ..Opts::default()
+    });
+    home(&c);
+    let all = ["office", "elementary", "highschool"];
+    let sender = tandem_tests::cluster::Sender::start(
+        c.nodes.iter().map(|n| n.admin().to_owned()).collect(),
+        "cut",
+    );
+    c.proxies[1].as_ref().expect("proxied").blackhole();
+    wait_for("elementary fences", LEASE_TTL + MARGIN, || {
+        c.fenced("elementary")
+    });
+    assert_eq!(
+        c.status_of("elementary", None),
+        503,
+        "a fenced node answers 503"
+    );
+    assert!(c.owned("elementary").is_empty());
+    wait_for("office takes elementary over", LEASE_TTL + MARGIN, || {
+        c.owned("office").iter().any(|g| g == "elementary")
+    });
+    // The cut node's gate closed (or its deadline passed) before the next
+    // owner opened: no instant with two owners.
+    c.assert_one_owner_at_a_time(&all);
+    let why = c.view("elementary").expect("view")["fenced"]["reason"].clone();
+    assert!(
+        why.as_str().is_some_and(|w| w.contains("keepalive")),
+        "{why}"
+    );
+    // Healed: it is confirmed again, and gets its group back (a handback:
+    // its old key went with its lease).
+    c.proxies[1].as_ref().expect("proxied").heal();
+    home(&c);
+    assert!(!c.fenced("elementary"));
+    sender.stop();
+    c.assert_one_owner_at_a_time(&all);
+}
+
+#[test]
+fn a_node_frozen_past_its_deadline_runs_nothing_after_sigcont_until_confirmed_again() {
+    let _one = lock();
+    let c = start_cluster(Opts::default());
+    home(&c);
+    let all = ["office", "elementary", "highschool"];
+    let old_epoch = c
+        .epochs("office")
+        .into_iter()
+        .find(|(g, _, _)| g == "elementary")
+        .map(|(_, _, e)| e)
+        .expect("epoch");
+    c.node("elementary").signal(libc::SIGSTOP);
+    let sender = tandem_tests::cluster::Sender::start(
+        vec![
+            c.node("office").admin().to_owned(),
+            c.node("highschool").admin().to_owned(),
+        ],
+        "frozen",
+    );
+    wait_for("office takes elementary over", LEASE_TTL + MARGIN, || {
+        c.owned("office").iter().any(|g| g == "elementary")
+    });
+    std::thread::sleep(LEASE_TTL / 2);
+    c.node("elementary").signal(libc::SIGCONT);
+    // The thawed node finds its deadline past: it fences, runs nothing
+    // under its old epoch, and is given the group back only through a
+    // handback, under a new epoch.
+    let sender2 = tandem_tests::cluster::Sender::start(
+        vec![c.node("elementary").admin().to_owned()],
+        "thawed",
+    );
+    home(&c);
+    sender.stop();
+    sender2.stop();
+    c.assert_one_owner_at_a_time(&all);
+    let db = rusqlite::Connection::open(c.node("elementary").db()).expect("db");
+    let late: i64 = db
+        .query_row(
+            "SELECT count(*) FROM group_executed WHERE grp = 'elementary' AND epoch = ?1 AND key LIKE 'thawed-%'",
+            [old_epoch],
+            |r| r.get(0),
+        )
+        .expect("query");
+    assert_eq!(late, 0, "signals ran under the old epoch after SIGCONT");
+    let new_epoch: i64 = db
+        .query_row(
+            "SELECT max(epoch) FROM group_executed WHERE grp = 'elementary'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("query");
+    assert!(
+        new_epoch > old_epoch,
+        "back under a new epoch: {new_epoch} > {old_epoch}"
+    );
+}
+
+#[test]
+fn etcd_stopped_fences_every_node_and_owners_reopen_when_it_returns() {
+    let _one = lock();
+    let mut c = start_cluster(Opts::default());
+    home(&c);
+    let all = ["office", "elementary", "highschool"];
+    c.etcd.stop();
+    wait_for("every node fenced", LEASE_TTL + MARGIN, || {
+        all.iter().all(|n| c.fenced(n))
+    });
+    for n in all {
+        assert_eq!(c.status_of(n, None), 503, "{n} fenced answers 503");
+        assert!(c.owned(n).is_empty(), "{n} closed its gates");
+    }
+    c.etcd.restart_all();
+    // Each owner reopens its unchanged group, or owners are chosen again.
+    home(&c);
+    for n in all {
+        assert!(!c.fenced(n), "{n} unfenced");
+    }
+    c.assert_one_owner_at_a_time(&all);
+}
+
+#[test]
+fn a_three_member_etcd_losing_one_member_the_leader_included_changes_no_owner() {
+    let _one = lock();
+    let mut c = start_cluster(Opts {
+        etcd_members: 3,
+        ..Opts::default()
+    });
+    home(&c);
+    let before = c.epochs("office");
+    let tenures = c.tenures(&["office", "elementary", "highschool"]).len();
+    let leader = c.etcd.leader().expect("a leader");
+    c.etcd.kill(leader);
+    // Two lease periods: long enough for any owner change to show.
+    std::thread::sleep(LEASE_TTL * 2);
+    home(&c);
+    assert_eq!(c.epochs("office"), before, "no owner key was rewritten");
+    assert_eq!(
+        c.tenures(&["office", "elementary", "highschool"]).len(),
+        tenures,
+        "no gate closed and reopened"
+    );
+    for n in ["office", "elementary", "highschool"] {
+        assert!(!c.fenced(n), "{n} never fenced");
+    }
+}
+
+fn cli(c: &Cluster, via: &str, args: &[&str]) -> tandem_tests::Run {
+    let mut all: Vec<&str> = vec!["cluster"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--admin", c.node(via).admin(), "--token", "admin"]);
+    tandem_tests::tandem(&all)
+}
+
+#[test]
+fn a_switchover_pins_a_group_that_auto_failback_leaves_until_a_failback() {
+    let _one = lock();
+    let c = start_cluster(Opts::default());
+    home(&c);
+    // Asked of a node that does not own the group: forwarded to the owner.
+    let r = cli(
+        &c,
+        "office",
+        &["switchover", "elementary", "--to", "highschool"],
+    );
+    assert!(r.status.success(), "{}{}", r.stdout, r.stderr);
+    c.wait_owners(
+        &[
+            ("default", "office"),
+            ("elementary", "highschool"),
+            ("highschool", "highschool"),
+        ],
+        WAIT,
+    );
+    let pinned = |c: &Cluster| {
+        c.view("office").expect("view")["owners"]
+            .as_array()
+            .expect("owners")
+            .iter()
+            .any(|o| o["group"] == "elementary" && o["pinned"] == true)
+    };
+    assert!(pinned(&c));
+    // Auto failback would move it back at once; pinned, it stays.
+    std::thread::sleep(LEASE_TTL * 2);
+    assert_eq!(
+        c.owner("office", "elementary").as_deref(),
+        Some("highschool")
+    );
+    let status = cli(&c, "elementary", &["status"]);
+    assert!(status.stdout.contains("PINNED"), "{}", status.stdout);
+    let r = cli(&c, "highschool", &["failback", "elementary"]);
+    assert!(r.status.success(), "{}{}", r.stdout, r.stderr);
+    home(&c);
+    assert!(!pinned(&c));
+}
+
+#[test]
+fn with_manual_failback_a_group_returns_only_when_an_operator_asks() {
+    let _one = lock();
+    let mut c = start_cluster(Opts {
+        failback: "manual",
+        ..Opts::default()
+    });
+    // Cold start: the groups still go to their first nodes once those
+    // are up (a handback needs a failback; a takeover does not), so start
+    // from wherever they are and fail back each one by hand.
+    for g in ["elementary", "highschool"] {
+        wait_for("an owner", WAIT, || c.owner("office", g).is_some());
+        if c.owner("office", g).as_deref() != Some(g) {
+            let r = cli(&c, "office", &["failback", g]);
+            assert!(r.status.success(), "{}{}", r.stdout, r.stderr);
+        }
+    }
+    home(&c);
+    c.node_mut("elementary").kill9();
+    wait_for("office takes elementary over", LEASE_TTL + MARGIN, || {
+        c.owned("office").iter().any(|g| g == "elementary")
+    });
+    c.node_mut("elementary").restart();
+    wait_for("elementary Ready in etcd", WAIT, || {
+        c.view("office").is_some_and(|v| {
+            v["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["node"] == "elementary"))
+        })
+    });
+    std::thread::sleep(LEASE_TTL * 2);
+    assert_eq!(
+        c.owner("office", "elementary").as_deref(),
+        Some("office"),
+        "no auto failback"
+    );
+    let r = cli(&c, "elementary", &["failback", "elementary"]);
+    assert!(r.status.success(), "{}{}", r.stdout, r.stderr);
+    home(&c);
+}
+
+#[test]
+fn a_handback_whose_taker_dies_before_the_move_leaves_the_group_with_the_giver() {
+    let _one = lock();
+    let mut c = start_cluster(Opts {
+        advanced: "handback_delay = \"3s\"",
+        ..Opts::default()
+    });
+    home(&c);
+    c.node_mut("elementary").kill9();
+    wait_for("office takes elementary over", LEASE_TTL + MARGIN, || {
+        c.owned("office").iter().any(|g| g == "elementary")
+    });
+    let restarted = Instant::now();
+    c.node_mut("elementary").restart();
+    // The handback starts (FAILOVER-OFF); the taker dies before the move.
+    c.hook.wait_until(WAIT, |got| {
+        !failovers(got, "FAILOVER-OFF", "elementary", restarted).is_empty()
+    });
+    c.node_mut("elementary").kill9();
+    let got = c.hook.wait_until(WAIT, |got| {
+        failovers(got, "FAILOVER-ON", "elementary", restarted)
+            .iter()
+            .any(|r| signal_of(r)["fields"]["reason"] == "handback_failed")
+    });
+    assert!(!got.is_empty());
+    assert!(
+        c.owned("office").iter().any(|g| g == "elementary"),
+        "the giver reopened"
+    );
+    c.send("office", &panic_signal("after-failed-handback"));
+    c.hook.wait_until(WAIT, |got| {
+        !from_rule(got, "panic-elementary", "after-failed-handback").is_empty()
+    });
+}
+
+#[test]
+fn two_members_cut_from_each_other_but_not_from_etcd_keep_one_owner() {
+    let _one = lock();
+    let c = start_cluster(Opts {
+        nodes: vec!["a", "b"],
+        groups: "default = [\"a\", \"b\"]\n",
+        rules: vec![(
+            "panic-default",
+            "panic_button",
+            "group = \"default\"\nsignals = [\"PANIC-*\"]\n",
+        )],
+        advertise_proxies: true,
+        ..Opts::default()
+    });
+    c.wait_owners(&[("default", "a")], WAIT);
+    for f in c.fronts.iter().flatten() {
+        f.blackhole();
+    }
+    std::thread::sleep(LEASE_TTL * 2);
+    c.send_to_all(&panic_signal("split"));
+    let got = c.hook.wait_until(WAIT, |got| {
+        !from_rule(got, "panic-default", "split").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let got = c.hook.received().len().max(got.len());
+    let _ = got;
+    assert_eq!(
+        from_rule(&c.hook.received(), "panic-default", "split").len(),
+        1
+    );
+    assert_eq!(c.owned("a"), vec!["default".to_owned()]);
+    assert!(c.owned("b").is_empty());
+    c.assert_one_owner_at_a_time(&["a", "b"]);
+}

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::keepalive::{self, Event, Lease, View, bounded};
 use super::keys::Keys;
 use super::model::{self, Member, Owner, OwnerValue, Situation, Step};
-use super::{ClusterError, Command, FenceView, MemberView, OwnerView, Status};
+use super::{ClusterError, Command, FenceView, MemberView, OwnerView, Status, Tenure};
 use crate::clock::boottime_ns;
 use crate::config::{ClusterConfig, Failback};
 use crate::node::{Node, SignalInput};
@@ -86,6 +86,7 @@ struct Driver {
     status: watch::Sender<Status>,
     started_ms: i64,
     stop: Listener,
+    tenures: std::collections::VecDeque<Tenure>,
 }
 
 /// Start the driver task.
@@ -123,6 +124,7 @@ pub(super) fn start(
         status,
         started_ms,
         stop: stop.clone(),
+        tenures: std::collections::VecDeque::new(),
     };
     tokio::spawn(d.run(cmds, stop))
 }
@@ -184,6 +186,22 @@ impl Driver {
         f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, ClusterError> {
         bounded(self.node.metrics(), self.op_timeout(), what, f).await
+    }
+
+    /// A transaction, tried again on another endpoint while the operation
+    /// timeout lasts (a retry after a lost answer fails its compare, which
+    /// the callers read as "someone else moved first" and re-read).
+    async fn txn_retried(
+        &self,
+        what: &str,
+        c: &Client,
+        txn: Txn,
+    ) -> Result<etcd_client::TxnResponse, ClusterError> {
+        keepalive::retried(self.node.metrics(), self.op_timeout(), what, || {
+            let (mut c, txn) = (c.clone(), txn.clone());
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 
     async fn run(mut self, mut cmds: mpsc::Receiver<Command>, stop: Listener) {
@@ -571,7 +589,7 @@ impl Driver {
 
     /// Create `owners/G` if it is still absent (create-only).
     async fn take_over(&mut self, group: &str) -> Result<(), ClusterError> {
-        let (Some(mut c), Some(lease)) = (self.client.clone(), self.lease()) else {
+        let (Some(c), Some(lease)) = (self.client.clone(), self.lease()) else {
             return Ok(());
         };
         if self.fenced.is_some() || !self.node.gate().within_deadline() {
@@ -592,7 +610,7 @@ impl Driver {
                 bytes,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        let resp = self.call("take over", c.txn(txn)).await?;
+        let resp = self.txn_retried("take over", &c, txn).await?;
         if !resp.succeeded() {
             return self.refresh().await;
         }
@@ -642,6 +660,7 @@ impl Driver {
     async fn open_group(&mut self, group: &str, owner: Owner, how: Opening) {
         let epoch = owner.mod_revision;
         self.node.gate().open_group(group, epoch as u64);
+        self.note_open(group, epoch);
         self.open.insert(group.to_owned(), owner);
         self.node
             .metrics()
@@ -711,6 +730,18 @@ impl Driver {
         }
     }
 
+    fn note_open(&mut self, group: &str, epoch: i64) {
+        if self.tenures.len() >= 100 {
+            self.tenures.pop_front();
+        }
+        self.tenures.push_back(Tenure {
+            group: group.to_owned(),
+            epoch,
+            opened_ns: boottime_ns(),
+            closed_ns: None,
+        });
+    }
+
     async fn close_group(&mut self, group: &str) {
         if self.open.remove(group).is_none() {
             return;
@@ -718,6 +749,18 @@ impl Driver {
         let gate = self.node.gate().clone();
         let g = group.to_owned();
         let _ = tokio::task::spawn_blocking(move || gate.close_group(&g)).await;
+        let closed = match self.node.gate().deadline() {
+            Some(d) => d.min(boottime_ns()),
+            None => boottime_ns(),
+        };
+        if let Some(t) = self
+            .tenures
+            .iter_mut()
+            .rev()
+            .find(|t| t.group == group && t.closed_ns.is_none())
+        {
+            t.closed_ns = Some(closed);
+        }
         self.node
             .metrics()
             .cluster_owned_groups
@@ -804,7 +847,7 @@ impl Driver {
                 "{to:?} is not a Ready member"
             )));
         };
-        let Some(mut c) = self.client.clone() else {
+        let Some(c) = self.client.clone() else {
             return Err(ClusterError::Etcd("not connected".into()));
         };
         let epoch = owner.mod_revision;
@@ -823,6 +866,9 @@ impl Driver {
         .await;
         self.close_group(group).await;
         let closed_at = now_ms();
+        if !self.cfg.handback_delay.is_zero() {
+            tokio::time::sleep(self.cfg.handback_delay).await;
+        }
         let current =
             serde_json::to_vec(&owner.value).map_err(|e| ClusterError::Refused(e.to_string()))?;
         let next = OwnerValue {
@@ -843,7 +889,7 @@ impl Driver {
                 next,
                 Some(PutOptions::new().with_lease(taker.lease)),
             )]);
-        let moved = match self.call("hand over", c.txn(txn)).await {
+        let moved = match self.txn_retried("hand over", &c, txn).await {
             Ok(r) => r.succeeded(),
             Err(e) => {
                 self.note_error(e);
@@ -866,6 +912,7 @@ impl Driver {
         self.read_view(c.clone()).await?;
         if self.owners.get(group) == Some(&owner) && self.node.gate().within_deadline() {
             self.node.gate().open_group(group, epoch as u64);
+            self.note_open(group, epoch);
             self.open.insert(group.to_owned(), owner);
             self.node
                 .metrics()
@@ -1048,6 +1095,7 @@ impl Driver {
             publisher: self.publisher.clone(),
             gaps: Vec::new(),
             last_error: self.last_error.clone(),
+            tenures: self.tenures.iter().cloned().collect(),
         };
         self.status.send_replace(status);
     }

@@ -70,28 +70,55 @@ pub(super) async fn bounded<T>(
     }
 }
 
+/// [`bounded`], tried again while `t` lasts: with several etcd members the
+/// client spreads calls over their endpoints, and one that is down fails
+/// at once; the next try goes to another.
+pub(super) async fn retried<T, F, Fut>(
+    metrics: &Metrics,
+    t: Duration,
+    what: &str,
+    mut f: F,
+) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let until = tokio::time::Instant::now() + t;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match bounded(metrics, left, what, f()).await {
+            Ok(v) => return Ok(v),
+            Err(e) if left.is_zero() || tokio::time::Instant::now() + RETRY_PAUSE >= until => {
+                return Err(e);
+            }
+            Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
+        }
+    }
+}
+
+/// The pause between two tries of one etcd call.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
 /// A linearizable read of `members/`, `owners/` and `publisher`.
 pub(super) async fn read_view(
-    mut c: Client,
+    c: Client,
     keys: &Keys,
     metrics: &Metrics,
     t: Duration,
 ) -> Result<View, ClusterError> {
-    let members = bounded(
-        metrics,
-        t,
-        "read members",
-        c.get(keys.members(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
-    let owners = bounded(
-        metrics,
-        t,
-        "read owners",
-        c.get(keys.owners(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
-    let publisher = bounded(metrics, t, "read publisher", c.get(keys.publisher(), None)).await?;
+    let get = |key: String, prefix: bool| {
+        let c = c.clone();
+        move || {
+            let (mut c, key) = (c.clone(), key.clone());
+            async move {
+                c.get(key, prefix.then(|| GetOptions::new().with_prefix()))
+                    .await
+            }
+        }
+    };
+    let members = retried(metrics, t, "read members", get(keys.members(), true)).await?;
+    let owners = retried(metrics, t, "read owners", get(keys.owners(), true)).await?;
+    let publisher = retried(metrics, t, "read publisher", get(keys.publisher(), false)).await?;
     let mp = keys.members();
     let op = keys.owners();
     Ok(View {
@@ -166,6 +193,46 @@ pub(super) async fn run(
     }
 }
 
+/// Whether etcd said the lease does not exist (expired or revoked): the
+/// client reports it as text ("lease not found", etcd's ErrLeaseNotFound),
+/// not as a code of its own.
+fn lease_gone(e: &ClusterError) -> bool {
+    matches!(e, ClusterError::Etcd(m) if m.contains("lease not found"))
+}
+
+/// One keepalive on the stream (opened if needed): its SEND time and the
+/// answer.
+async fn keepalive_once(
+    client: &Client,
+    id: i64,
+    t: Duration,
+    keeper: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+) -> Result<(u64, etcd_client::LeaseKeepAliveResponse), ClusterError> {
+    let started = tokio::time::Instant::now();
+    if keeper.is_none() {
+        let mut c = client.clone();
+        let k = tokio::time::timeout(t, c.lease_keep_alive(id))
+            .await
+            .map_err(|_| ClusterError::Etcd(format!("keepalive stream: no answer within {t:?}")))?
+            .map_err(|e| ClusterError::Etcd(format!("keepalive stream: {e}")))?;
+        *keeper = Some(k);
+    }
+    let Some((k, stream)) = keeper.as_mut() else {
+        return Err(ClusterError::Etcd("no keepalive stream".into()));
+    };
+    let left = t.saturating_sub(started.elapsed());
+    let sent = boottime_ns();
+    let answer = tokio::time::timeout(left, async {
+        k.keep_alive().await?;
+        stream.message().await
+    })
+    .await
+    .map_err(|_| ClusterError::Etcd(format!("keepalive: no answer within {t:?}")))?
+    .map_err(|e| ClusterError::Etcd(format!("keepalive: {e}")))?
+    .ok_or_else(|| ClusterError::Etcd("keepalive stream ended".into()))?;
+    Ok((sent, answer))
+}
+
 async fn round(
     client: &Client,
     s: &Settings,
@@ -193,35 +260,31 @@ async fn round(
             }
         }
     };
-    if keeper.is_none() {
-        let mut c = client.clone();
-        match bounded(metrics, t, "keepalive stream", c.lease_keep_alive(id)).await {
-            Ok(k) => *keeper = Some(k),
-            Err(e) => return Event::Error(e),
-        }
-    }
-    let sent = boottime_ns();
-    let answer = match keeper.as_mut() {
-        Some((k, stream)) => {
-            tokio::time::timeout(t, async {
-                k.keep_alive().await?;
-                stream.message().await
-            })
-            .await
-        }
-        None => return Event::Error(ClusterError::Etcd("no keepalive stream".into())),
-    };
-    let answer = match answer {
-        Ok(Ok(Some(a))) => a,
-        other => {
-            // A stream that missed an answer is dropped.
-            *keeper = None;
-            metrics.cluster_etcd_errors.inc();
-            return Event::Error(ClusterError::Etcd(match other {
-                Ok(Ok(None)) => "keepalive stream ended".to_owned(),
-                Ok(Err(e)) => format!("keepalive: {e}"),
-                _ => format!("keepalive: no answer within {t:?}"),
-            }));
+    // Up to three tries within the round: a stream on a member that went
+    // down fails at once, and the next one goes to another member.
+    let mut tries = 0;
+    let until = tokio::time::Instant::now() + t;
+    let (sent, answer) = loop {
+        tries += 1;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = keepalive_once(client, id, left, keeper).await;
+        match attempt {
+            Ok(done) => break done,
+            Err(e) if lease_gone(&e) => {
+                *keeper = None;
+                lease_tx.send_replace(None);
+                return Event::LeaseLost;
+            }
+            Err(e) => {
+                // A stream that missed an answer is dropped, so a late
+                // answer is never taken for a later keepalive's.
+                *keeper = None;
+                metrics.cluster_etcd_errors.inc();
+                if tries >= 3 || tokio::time::Instant::now() >= until {
+                    return Event::Error(e);
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
         }
     };
     if answer.ttl() <= 0 {

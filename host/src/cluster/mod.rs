@@ -65,6 +65,18 @@ pub struct OwnerView {
     pub nodes: Vec<String>,
 }
 
+/// One stretch of time a group's gate was open here, on CLOCK_BOOTTIME
+/// (shared by every process on a machine, so tests compare nodes).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Tenure {
+    pub group: String,
+    pub epoch: i64,
+    pub opened_ns: u64,
+    /// When executions stopped: the close, or the fencing deadline if
+    /// that came first (nothing commits past it). `None` while open.
+    pub closed_ns: Option<u64>,
+}
+
 /// Why this node is fenced.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FenceView {
@@ -102,6 +114,8 @@ pub struct Status {
     pub gaps: Vec<i64>,
     /// The last etcd error, if the last call failed.
     pub last_error: Option<String>,
+    /// The last 100 tenures of groups here, oldest first.
+    pub tenures: Vec<Tenure>,
 }
 
 impl Status {

@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     pub lab_timings: bool,
     /// How long executed keys are gathered before one batch is put.
     pub publish_window: Duration,
+    /// Lab only: a pause in a handback between closing the gate and
+    /// moving the key (`[cluster.advanced] handback_delay`).
+    pub handback_delay: Duration,
 }
 
 impl ClusterConfig {
@@ -187,6 +190,17 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
         Duration::from_millis(1),
         Duration::from_secs(1),
     )?;
+    let handback_delay = duration(
+        "cluster.advanced.handback_delay",
+        raw.advanced.handback_delay.as_deref(),
+        Duration::ZERO,
+        Duration::ZERO,
+        if lab {
+            Duration::from_secs(60)
+        } else {
+            Duration::ZERO
+        },
+    )?;
     if raw.groups.is_empty() || raw.groups.len() > 256 {
         return Err(invalid(
             "cluster.groups",
@@ -246,6 +260,7 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
         groups: raw.groups,
         lab_timings: lab,
         publish_window,
+        handback_delay,
     })
 }
 

@@ -39,6 +39,9 @@ pub(super) struct RawClusterAdvanced {
     pub(super) lab_timings: bool,
     /// Executed keys are gathered this long before one batch is put.
     pub(super) publish_window: Option<String>,
+    /// Lab only: a pause in a handback between closing the gate and
+    /// moving the key, so a test can kill the taker in between.
+    pub(super) handback_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
