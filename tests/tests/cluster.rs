@@ -473,3 +473,53 @@ fn two_members_cut_from_each_other_but_not_from_etcd_keep_one_owner() {
     assert!(c.owned("b").is_empty());
     c.assert_one_owner_at_a_time(&["a", "b"]);
 }
+
+#[test]
+fn the_publisher_pushes_synced_tables_to_every_member_and_subscribers_are_read_only() {
+    let _one = lock();
+    let c = start_cluster(Opts::default());
+    home(&c);
+    let wasm = std::fs::read(tandem_tests::sample_wasm("door_held_open")).expect("wasm");
+    let put = |via: &str, name: &str| {
+        tandem_tests::http::request(
+            "PUT",
+            c.node(via).admin(),
+            &format!("/api/v1/scripts/{name}"),
+            Some("admin"),
+            &wasm,
+        )
+    };
+    let has_rule = |via: &str, name: &str| {
+        tandem_tests::http::get(
+            c.node(via).admin(),
+            &format!("/api/v1/rules/{name}"),
+            Some("admin"),
+        )
+        .status
+            == 200
+    };
+    // office (default's first node) publishes; a change there reaches all.
+    let a = put("office", "door-a");
+    assert!(a.status < 300, "{}", a.body);
+    wait_for("door-a on every member", WAIT, || {
+        has_rule("elementary", "door-a") && has_rule("highschool", "door-a")
+    });
+    // A subscriber refuses changes to synced tables, naming the publisher.
+    let refused = put("highschool", "door-b");
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("office"), "{}", refused.body);
+    // Move the publisher; changes are then made there and flow back.
+    let r = cli(&c, "highschool", &["publisher", "elementary"]);
+    assert!(r.status.success(), "{}{}", r.stdout, r.stderr);
+    wait_for("every node sees the new publisher", WAIT, || {
+        ["office", "elementary", "highschool"]
+            .iter()
+            .all(|n| c.view(n).is_some_and(|v| v["publisher"] == "elementary"))
+    });
+    let b = put("elementary", "door-b");
+    assert!(b.status < 300, "{}", b.body);
+    wait_for("door-b on every member", WAIT, || {
+        has_rule("office", "door-b") && has_rule("highschool", "door-b")
+    });
+    assert_eq!(put("office", "door-c").status, 409);
+}

@@ -163,6 +163,16 @@ fn state_name(active: bool) -> &'static str {
 /// 409 when tables of `table_type` are synced to this node from the
 /// primary: change them there.
 fn read_only(node: &Node, table_type: &str, what: &str) -> Result<(), ApiError> {
+    if node.config().cluster.is_some()
+        && let Some((publisher, _)) = node.publisher()
+        && publisher != node.config().node.name
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "read_only",
+            format!("{what} are synced from the publisher `{publisher}`: change them there"),
+        ));
+    }
     match node.config().failover.as_ref() {
         Some(f) if f.synced_here(table_type) => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -68,12 +68,14 @@ struct Driver {
     /// The keepalive task's reports (once it runs).
     events: Option<mpsc::Receiver<Event>>,
     watch: Option<WatchStream>,
-    /// The lease the members key was put under.
+    /// The lease the members key was put under, and the generation it
+    /// says this node holds.
     member_lease: Option<i64>,
+    member_generation: u64,
     digest_ok: Option<bool>,
     members: BTreeMap<String, Member>,
     owners: BTreeMap<String, Owner>,
-    publisher: Option<String>,
+    publisher: Option<(String, i64)>,
     /// Groups open here, with their key as opened.
     open: BTreeMap<String, Owner>,
     fenced: Option<Fenced>,
@@ -111,6 +113,7 @@ pub(super) fn start(
         events: None,
         watch: None,
         member_lease: None,
+        member_generation: 0,
         digest_ok: None,
         members: BTreeMap::new(),
         owners: BTreeMap::new(),
@@ -164,7 +167,9 @@ impl Driver {
     }
 
     fn member_put(&self) -> bool {
-        self.member_lease.is_some() && self.member_lease == self.lease()
+        self.member_lease.is_some()
+            && self.member_lease == self.lease()
+            && self.member_generation == self.node.sync_generation()
     }
 
     fn ready(&self) -> bool {
@@ -315,6 +320,13 @@ impl Driver {
                     )
                     .await?;
                 self.client = Some(c.clone());
+                self.node
+                    .set_publisher_check(Arc::new(super::publish::EtcdPublisher {
+                        client: c.clone(),
+                        keys: self.keys.clone(),
+                        metrics: self.node.metrics_arc(),
+                        timeout: self.op_timeout(),
+                    }));
                 c
             }
         };
@@ -346,6 +358,9 @@ impl Driver {
         }
         if self.ready() && self.lease().is_some() && !self.member_put() {
             self.put_member(client.clone()).await?;
+        }
+        if self.publisher.is_none() && self.member_put() {
+            self.create_publisher(client.clone()).await?;
         }
         if self.watch.is_none() {
             let mut c = client.clone();
@@ -449,11 +464,13 @@ impl Driver {
         let Some(lease) = self.lease() else {
             return Ok(());
         };
+        let generation = self.node.sync_generation();
         let m = Member {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             advertise: self.cfg.advertise.clone(),
             ready: true,
             lease,
+            generation,
         };
         let value = serde_json::to_vec(&m).map_err(|e| ClusterError::Refused(e.to_string()))?;
         self.call(
@@ -465,8 +482,12 @@ impl Driver {
             ),
         )
         .await?;
+        let first = self.member_lease != Some(lease);
         self.member_lease = Some(lease);
-        tracing::info!(node = %self.me, "cluster: Ready, members key put");
+        self.member_generation = generation;
+        if first {
+            tracing::info!(node = %self.me, "cluster: Ready, members key put");
+        }
         Ok(())
     }
 
@@ -482,6 +503,7 @@ impl Driver {
         self.members = view.members;
         self.owners = view.owners;
         self.publisher = view.publisher;
+        self.node.set_publisher(self.publisher.clone());
         let now = now_ms();
         for (g, o) in &self.owners {
             self.last_owned
@@ -1022,19 +1044,67 @@ impl Driver {
         Ok(())
     }
 
+    /// `default`'s first node creates the publisher key, naming itself,
+    /// if there is none (create-only: a key someone moved is kept).
+    async fn create_publisher(&mut self, c: Client) -> Result<(), ClusterError> {
+        let first = self
+            .cfg
+            .groups
+            .get(crate::config::DEFAULT_GROUP)
+            .and_then(|l| l.first());
+        if first != Some(&self.me) {
+            return Ok(());
+        }
+        let key = self.keys.publisher();
+        let value = serde_json::json!({ "node": self.me }).to_string();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let r = self
+            .txn_retried("create the publisher key", &c, txn)
+            .await?;
+        if r.succeeded() {
+            let rev = r.header().map_or(0, |h| h.revision());
+            self.publisher = Some((self.me.clone(), rev));
+            self.node.set_publisher(self.publisher.clone());
+            tracing::info!(node = %self.me, "cluster: this node publishes the synced tables");
+        }
+        Ok(())
+    }
+
     async fn command_publisher(&mut self, node: &str) -> Result<String, ClusterError> {
         if !self.cfg.nodes().iter().any(|n| n == node) {
             return Err(ClusterError::Refused(format!(
                 "{node:?} is not a node of any group"
             )));
         }
+        let Some(target) = self.members.get(node) else {
+            return Err(ClusterError::Refused(format!(
+                "{node:?} is not a Ready member"
+            )));
+        };
+        let latest = self
+            .members
+            .values()
+            .map(|m| m.generation)
+            .max()
+            .unwrap_or(0);
+        if target.generation < latest {
+            return Err(ClusterError::Refused(format!(
+                "{node:?} holds table generation {}, the latest is {latest}: let it catch up first",
+                target.generation
+            )));
+        }
         let Some(mut c) = self.client.clone() else {
             return Err(ClusterError::Etcd("not connected".into()));
         };
         let value = serde_json::json!({ "node": node }).to_string();
-        self.call("publisher", c.put(self.keys.publisher(), value, None))
+        let r = self
+            .call("publisher", c.put(self.keys.publisher(), value, None))
             .await?;
-        self.publisher = Some(node.to_owned());
+        let rev = r.header().map_or(0, |h| h.revision());
+        self.publisher = Some((node.to_owned(), rev));
+        self.node.set_publisher(self.publisher.clone());
         Ok(node.to_owned())
     }
 
@@ -1092,7 +1162,7 @@ impl Driver {
                     }
                 })
                 .collect(),
-            publisher: self.publisher.clone(),
+            publisher: self.publisher.as_ref().map(|(n, _)| n.clone()),
             gaps: Vec::new(),
             last_error: self.last_error.clone(),
             tenures: self.tenures.iter().cloned().collect(),

@@ -30,7 +30,8 @@ use crate::shutdown::Listener;
 pub(super) struct View {
     pub(super) members: BTreeMap<String, Member>,
     pub(super) owners: BTreeMap<String, Owner>,
-    pub(super) publisher: Option<String>,
+    /// The publisher and its key's mod revision.
+    pub(super) publisher: Option<(String, i64)>,
 }
 
 /// What the keepalive task tells the driver.
@@ -146,11 +147,12 @@ pub(super) async fn read_view(
             })
             .collect(),
         publisher: publisher.kvs().first().and_then(|kv| {
-            serde_json::from_slice::<serde_json::Value>(kv.value())
+            let node = serde_json::from_slice::<serde_json::Value>(kv.value())
                 .ok()?
                 .get("node")?
-                .as_str()
-                .map(str::to_owned)
+                .as_str()?
+                .to_owned();
+            Some((node, kv.mod_revision()))
         }),
     })
 }

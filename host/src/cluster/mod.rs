@@ -13,13 +13,15 @@
 //! - `keys`: the etcd key layout;
 //! - `driver`: the task that talks to etcd and applies the steps;
 //! - [`fanout`]: raised signals posted to every member, and the receiving
-//!   end of `POST /internal/v1/signals`.
+//!   end of `POST /internal/v1/signals`;
+//! - `publish`: the publisher pushes the synced tables to every member.
 
 mod driver;
 pub mod fanout;
 mod keepalive;
 mod keys;
 pub mod model;
+mod publish;
 
 use std::sync::Arc;
 
@@ -222,12 +224,19 @@ pub async fn run(
     let (fan_tx, fan_rx) = mpsc::channel(1024);
     node.set_fanout(fan_tx);
     let driver = driver::start(node.clone(), cfg.clone(), status_tx, cmd_rx, stop.clone());
-    let fan = tokio::spawn(fanout::run(node, cfg, status_rx.clone(), fan_rx, stop));
+    let fan = tokio::spawn(fanout::run(
+        node.clone(),
+        cfg,
+        status_rx.clone(),
+        fan_rx,
+        stop.clone(),
+    ));
+    let publisher = tokio::spawn(publish::run(node, status_rx.clone(), stop));
     Ok((
         Handle {
             status: status_rx,
             cmds: cmd_tx,
         },
-        vec![driver, fan],
+        vec![driver, fan, publisher],
     ))
 }

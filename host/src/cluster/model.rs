@@ -16,6 +16,9 @@ pub struct Member {
     pub advertise: String,
     pub ready: bool,
     pub lease: i64,
+    /// The last table-sync generation it holds.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// `owners/<group>`: who owns it, under which lease; `pinned` by a
@@ -180,6 +183,7 @@ mod tests {
                         advertise: format!("http://{n}"),
                         ready: *r,
                         lease: 1,
+                        generation: 0,
                     },
                 )
             })

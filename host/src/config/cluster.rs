@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::failover::Failback;
 use super::raw::RawCluster;
-use super::units::{duration, secret, strong_secret};
+use super::units::{duration, secret, strong_secret, sync_types};
 use super::{ConfigError, invalid};
 
 /// The group a rule belongs to when it names none.
@@ -35,6 +35,8 @@ pub struct ClusterConfig {
     pub lab_timings: bool,
     /// How long executed keys are gathered before one batch is put.
     pub publish_window: Duration,
+    /// The tables the publisher pushes to every member (DESIGN.md §5).
+    pub table_sync_types: Vec<String>,
     /// Lab only: a pause in a handback between closing the gate and
     /// moving the key (`[cluster.advanced] handback_delay`).
     pub handback_delay: Duration,
@@ -261,6 +263,7 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
         lab_timings: lab,
         publish_window,
         handback_delay,
+        table_sync_types: sync_types("cluster.table_sync_types", raw.table_sync_types)?,
     })
 }
 

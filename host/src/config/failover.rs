@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::raw::RawFailover;
-use super::units::{duration, parse_time, secret, strong_secret};
+use super::units::{duration, parse_time, secret, strong_secret, sync_types};
 use super::{ConfigError, Role, invalid};
 
 /// This node's place in the pair.
@@ -265,18 +265,7 @@ pub(super) fn validate(
             "the peer's admin URL, e.g. \"http://10.0.0.2:8080\"",
         ));
     }
-    let table_sync_types = raw
-        .table_sync_types
-        .unwrap_or_else(|| vec!["all".to_owned()]);
-    for t in &table_sync_types {
-        if !["rule", "contact", "device", "pbx", "text", "all"].contains(&t.as_str()) {
-            return Err(invalid(
-                "failover.table_sync_types",
-                format!("{t:?}"),
-                "rule, contact, device, pbx, text or all",
-            ));
-        }
-    }
+    let table_sync_types = sync_types("failover.table_sync_types", raw.table_sync_types)?;
     Ok(FailoverConfig {
         role: pair_role,
         rank,

@@ -27,6 +27,7 @@ pub(super) struct RawCluster {
     pub(super) replay_window: Option<String>,
     pub(super) startup_delay: Option<String>,
     pub(super) fence_margin: Option<String>,
+    pub(super) table_sync_types: Option<Vec<String>>,
     /// Group name -> its nodes in priority order (a TOML table keeps the
     /// order it was written in only per list, which is all that matters).
     pub(super) groups: std::collections::BTreeMap<String, Vec<String>>,

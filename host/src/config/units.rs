@@ -146,6 +146,21 @@ pub(super) fn secret(
     }
 }
 
+/// Table types to sync (`all` when absent), each a known one.
+pub(super) fn sync_types(key: &str, raw: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let types = raw.unwrap_or_else(|| vec!["all".to_owned()]);
+    for t in &types {
+        if !["rule", "contact", "device", "pbx", "text", "all"].contains(&t.as_str()) {
+            return Err(invalid(
+                key,
+                format!("{t:?}"),
+                "rule, contact, device, pbx, text or all",
+            ));
+        }
+    }
+    Ok(types)
+}
+
 /// The shortest shared secret accepted (the link's handshake lets a
 /// connecting party test guesses offline, so it must not be guessable).
 pub const MIN_SHARED_SECRET: usize = 32;

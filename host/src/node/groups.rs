@@ -243,6 +243,33 @@ impl Node {
             .collect()
     }
 
+    /// Record the publisher of synced tables (the cluster driver).
+    pub fn set_publisher(&self, publisher: Option<(String, i64)>) {
+        *self.publisher.lock().unwrap_or_else(|p| p.into_inner()) = publisher;
+    }
+
+    /// The publisher of synced tables and its key's mod revision, as last
+    /// read.
+    pub fn publisher(&self) -> Option<(String, i64)> {
+        self.publisher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Install the publisher check (once).
+    pub fn set_publisher_check(&self, check: Arc<dyn super::PublisherCheck>) {
+        let _ = self.publisher_check.set(check);
+    }
+
+    /// A linearizable read of the publisher key, if this node can do one.
+    pub async fn current_publisher(&self) -> Result<Option<(String, i64)>, String> {
+        match self.publisher_check.get() {
+            Some(c) => c.current().await,
+            None => Err("not a cluster member".into()),
+        }
+    }
+
     /// How long ago (ms) this node started: a takeover's `down_since` when
     /// it never saw the group owned.
     pub fn started_at_ms(&self) -> i64 {

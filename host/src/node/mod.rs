@@ -150,6 +150,16 @@ pub fn notification_id(key: &str, rule: &str, action_index: usize, recipient: &s
     hex::encode(&h.finalize()[..16])
 }
 
+/// A linearizable read of a cluster's publisher key: its node and mod
+/// revision (`None` when there is none).
+pub trait PublisherCheck: Send + Sync + std::fmt::Debug {
+    fn current(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<(String, i64)>, String>> + Send + '_>,
+    >;
+}
+
 /// The node.
 #[derive(Debug)]
 pub struct Node {
@@ -173,6 +183,12 @@ pub struct Node {
     fanout: Mutex<Option<tokio::sync::mpsc::Sender<Vec<SignalInput>>>>,
     /// Group -> the node that owns it, as the cluster driver last read.
     group_owners: Mutex<std::collections::BTreeMap<String, String>>,
+    /// A cluster's publisher of synced tables, as last read, and its key's
+    /// mod revision.
+    publisher: Mutex<Option<(String, i64)>>,
+    /// How a cluster subscriber reads the publisher key linearizably
+    /// before it imports a snapshot (set by the cluster driver).
+    publisher_check: OnceLock<Arc<dyn PublisherCheck>>,
     /// Bumped when rows are queued: every sink's worker wakes.
     delivery_wake: tokio::sync::watch::Sender<u64>,
     exec_seq: tokio::sync::watch::Sender<u64>,
@@ -216,6 +232,8 @@ impl Node {
             forwarder: Mutex::new(None),
             fanout: Mutex::new(None),
             group_owners: Mutex::new(std::collections::BTreeMap::new()),
+            publisher: Mutex::new(None),
+            publisher_check: OnceLock::new(),
             delivery_wake: tokio::sync::watch::channel(0).0,
             exec_seq: tokio::sync::watch::channel(last_seq).0,
             sync_gen: AtomicU64::new(sync_gen),

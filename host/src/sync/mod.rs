@@ -121,6 +121,10 @@ pub struct SyncStats {
     pub bytes_compressed: u64,
 }
 
+/// A cluster's generations are (publisher key's mod revision << this) +
+/// a counter: ordered by (revision, counter) as DESIGN.md §7 asks.
+pub const PUBLISHER_SHIFT: u32 = 24;
+
 /// Write the tables of `types` as a snapshot to `out`, row by row.
 pub fn export<W: Write>(
     conn: &Connection,
@@ -192,6 +196,27 @@ pub fn import<R: Read>(
     decompressed_cap: u64,
     before_commit: &dyn Fn(),
 ) -> Result<SyncStats, SyncError> {
+    import_checked(
+        conn,
+        input,
+        agreed,
+        decompressed_cap,
+        before_commit,
+        &|_| Ok(()),
+    )
+}
+
+/// [`import`], with `accept` asked about the header's generation before
+/// anything is written (a cluster subscriber checks that it comes from the
+/// current publisher).
+pub fn import_checked<R: Read>(
+    conn: &mut Connection,
+    input: R,
+    agreed: &[String],
+    decompressed_cap: u64,
+    before_commit: &dyn Fn(),
+    accept: &dyn Fn(u64) -> Result<(), String>,
+) -> Result<SyncStats, SyncError> {
     let mut reader = Reader::new(input, decompressed_cap)?;
     let Some(Record::Header(h)) = reader.next_record()? else {
         return Err(SyncError::Refused(
@@ -223,6 +248,7 @@ pub fn import<R: Read>(
             h.generation
         )));
     }
+    accept(h.generation).map_err(SyncError::Refused)?;
     if h.generation <= last {
         return Err(SyncError::Refused(format!(
             "generation {} is not newer than {last}, the last one imported (an old snapshot replayed?)",

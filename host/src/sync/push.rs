@@ -182,7 +182,8 @@ pub async fn sync_from(
                 super::MAX_GENERATION
             ))
         })?;
-    let (body, stats) = export_to_memory(node, &cfg, generation, force).await?;
+    let (body, stats) =
+        export_to_memory(node, cfg.table_sync_types.clone(), generation, force).await?;
     let compressed = body.len() as u64;
     let headers = internal_auth::sign_body(
         cfg.secret.as_bytes(),
@@ -220,13 +221,13 @@ pub async fn sync_from(
 
 /// Export row by row into a private temporary file (no name, so nothing
 /// else can open it and nothing is left behind), then read it back.
-async fn export_to_memory(
+pub async fn export_to_memory(
     node: &Arc<Node>,
-    cfg: &FailoverConfig,
+    types: Vec<String>,
     generation: u64,
     force: bool,
 ) -> Result<(Vec<u8>, SyncStats), SyncError> {
-    let (node, types) = (node.clone(), cfg.table_sync_types.clone());
+    let node = node.clone();
     tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, SyncStats), SyncError> {
         let name = node.config().node.name.clone();
         let file =
@@ -247,7 +248,8 @@ async fn export_to_memory(
     .map_err(|e| SyncError::Store(StoreError::Task(e.to_string())))?
 }
 
-async fn post(
+/// POST a signed snapshot to `admin`'s `/internal/v1/sync`.
+pub async fn post(
     admin: &str,
     ca_pem: Option<&[u8]>,
     headers: Vec<(&'static str, String)>,

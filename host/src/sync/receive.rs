@@ -45,6 +45,9 @@ pub enum ReceiveError {
 }
 
 fn secondary_secret(node: &Node, what: &str) -> Result<(String, Vec<String>), ReceiveError> {
+    if let Some(c) = node.config().cluster.as_ref() {
+        return Ok((c.secret.clone(), c.table_sync_types.clone()));
+    }
     let Some(cfg) = node.config().failover.as_ref() else {
         return Err(ReceiveError::WrongRole("this node is standalone".into()));
     };
@@ -96,7 +99,37 @@ pub async fn receive(
         .await
         .map_err(|e| SyncError::Snapshot(SnapshotError::Io(e)))?;
     let file = file.into_std().await;
-    // 3. The import of exactly those bytes: generation, decompression cap,
+    // 3. A cluster subscriber takes snapshots of the current publisher
+    // only: a linearizable read of the publisher key, whose mod revision
+    // the generation carries (DESIGN.md §7).
+    let publisher_rev = if node.config().cluster.is_some() {
+        match node.current_publisher().await {
+            Ok(Some((p, _))) if p == node.config().node.name => {
+                return Err(ReceiveError::WrongRole(
+                    "this node is the publisher: it exports, it does not import".into(),
+                ));
+            }
+            Ok(Some((_, rev))) => Some(rev),
+            Ok(None) => {
+                return Err(SyncError::Refused("the cluster has no publisher".into()).into());
+            }
+            Err(e) => {
+                return Err(
+                    SyncError::Refused(format!("cannot read the publisher key: {e}")).into(),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let accept = move |generation: u64| match publisher_rev {
+        Some(rev) if generation >> crate::sync::PUBLISHER_SHIFT != rev as u64 => Err(format!(
+            "generation {generation} comes from publisher revision {}, not the current {rev}",
+            generation >> crate::sync::PUBLISHER_SHIFT
+        )),
+        _ => Ok(()),
+    };
+    // 4. The import of exactly those bytes: generation, decompression cap,
     // tables, columns, one transaction.
     let n2 = node.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<SyncStats, SyncError> {
@@ -112,7 +145,11 @@ pub async fn receive(
             }
         };
         n2.store()
-            .write_blocking(|c| Ok(super::import(c, input, &types, MAX_RAW, &hold)))
+            .write_blocking(|c| {
+                Ok(super::import_checked(
+                    c, input, &types, MAX_RAW, &hold, &accept,
+                ))
+            })
             .map_err(SyncError::Store)?
     })
     .await
