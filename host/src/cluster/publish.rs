@@ -19,7 +19,7 @@ use super::keepalive::bounded;
 use super::keys::Keys;
 use crate::internal_auth;
 use crate::metrics::Metrics;
-use crate::node::{Node, PublisherCheck};
+use crate::node::{Node, PublisherCheck, PublisherFuture};
 use crate::shutdown::Listener;
 use crate::sync::PUBLISHER_SHIFT;
 
@@ -44,11 +44,7 @@ impl std::fmt::Debug for EtcdPublisher {
 }
 
 impl PublisherCheck for EtcdPublisher {
-    fn current(
-        &self,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Option<(String, i64)>, String>> + Send + '_>,
-    > {
+    fn current(&self) -> PublisherFuture<'_> {
         Box::pin(async move {
             let mut c = self.client.clone();
             let r = bounded(

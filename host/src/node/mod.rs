@@ -150,14 +150,15 @@ pub fn notification_id(key: &str, rule: &str, action_index: usize, recipient: &s
     hex::encode(&h.finalize()[..16])
 }
 
-/// A linearizable read of a cluster's publisher key: its node and mod
-/// revision (`None` when there is none).
+/// What [`PublisherCheck::current`] returns: the publisher and its key's
+/// mod revision, `None` when there is none.
+pub type PublisherFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<(String, i64)>, String>> + Send + 'a>,
+>;
+
+/// A linearizable read of a cluster's publisher key.
 pub trait PublisherCheck: Send + Sync + std::fmt::Debug {
-    fn current(
-        &self,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Option<(String, i64)>, String>> + Send + '_>,
-    >;
+    fn current(&self) -> PublisherFuture<'_>;
 }
 
 /// The node.
