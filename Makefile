@@ -54,8 +54,9 @@ test: rules test-deps
 	$(CARGO) build -p tandem-host --bin tandem
 	$(CARGO) test --workspace
 
-bench: rules build-deps test-deps
-	$(CARGO) bench -p tandem-host --bench engine --bench node --bench failover --bench sync
+bench: rules build test-deps
+	$(CARGO) bench -p tandem-host --bench engine --bench node --bench failover --bench sync --bench delivery
+	TANDEM_BIN=$(CURDIR)/target/release/tandem $(CARGO) bench -p tandem-tests --bench cluster
 
 lint: build-deps
 	$(CARGO) fmt --all --check

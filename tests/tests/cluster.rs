@@ -82,6 +82,25 @@ fn each_group_runs_only_on_its_owner_and_a_signal_sent_to_all_runs_once_per_grou
         reply["accepted"][0]["owners"]["default"], "office",
         "{reply}"
     );
+    // The members' calls are signed: unsigned, forged or replayed ones are
+    // refused before anything is read or stored.
+    let office = c.node("office").admin().to_owned();
+    let unsigned = tandem_tests::http::request(
+        "POST",
+        &office,
+        "/internal/v1/signals",
+        None,
+        br#"[{"name": "FAILOVER-ON", "key": "forged", "fields": {"group": "elementary"}}]"#,
+    );
+    assert_eq!(unsigned.status, 401, "{}", unsigned.body);
+    let forged_move = tandem_tests::http::request(
+        "POST",
+        &office,
+        "/internal/v1/cluster/move",
+        Some("admin"),
+        br#"{"group": "default", "to": "elementary", "pin": true}"#,
+    );
+    assert_eq!(forged_move.status, 401, "{}", forged_move.body);
     // Devices send to every node: each group's rule runs once, on its owner.
     for i in 1..=5 {
         c.send_to_all(&panic_signal(&format!("k-{i}")));
@@ -296,6 +315,13 @@ fn a_three_member_etcd_losing_one_member_the_leader_included_changes_no_owner() 
         ..Opts::default()
     });
     home(&c);
+    // office's view has caught up with the last handback too.
+    wait_for("office's view agrees", WAIT, || {
+        c.epochs("office").iter().all(|(g, n, _)| {
+            HOME.iter()
+                .any(|(hg, hn)| hg == g && n.as_deref() == Some(*hn))
+        })
+    });
     let before = c.epochs("office");
     let tenures = c.tenures(&["office", "elementary", "highschool"]).len();
     let leader = c.etcd.leader().expect("a leader");

@@ -52,8 +52,8 @@ enum Opening {
     },
     /// A giver put the key for this node: replay from when it closed.
     Handed { since: i64 },
-    /// Unfenced with the key unchanged: replay from when it fenced.
-    Reopen { since: i64 },
+    /// Unfenced with the key unchanged: replay every pending row.
+    Reopen,
 }
 
 struct Driver {
@@ -89,6 +89,9 @@ struct Driver {
     started_ms: i64,
     stop: Listener,
     tenures: std::collections::VecDeque<Tenure>,
+    /// The etcd revision of the newest view taken (or of this node's own
+    /// last write).
+    view_revision: i64,
 }
 
 /// Start the driver task.
@@ -128,6 +131,7 @@ pub(super) fn start(
         started_ms,
         stop: stop.clone(),
         tenures: std::collections::VecDeque::new(),
+        view_revision: 0,
     };
     tokio::spawn(d.run(cmds, stop))
 }
@@ -423,6 +427,11 @@ impl Driver {
 
     /// A report of the keepalive task.
     async fn on_event(&mut self, ev: Event) {
+        if self.member_lease.is_some() && self.member_lease != self.lease() {
+            // The lease changed under us (a LeaseLost report may have
+            // been dropped while the driver was busy).
+            self.lease_lost().await;
+        }
         match ev {
             Event::Round { view, credited } => {
                 self.apply_view(view);
@@ -499,7 +508,14 @@ impl Driver {
         Ok(())
     }
 
+    /// Take a view, unless it is older than one already taken (a
+    /// keepalive report queued while the driver moved a key must not undo
+    /// what it knows).
     fn apply_view(&mut self, view: View) {
+        if view.revision < self.view_revision {
+            return;
+        }
+        self.view_revision = view.revision;
         self.members = view.members;
         self.owners = view.owners;
         self.publisher = view.publisher;
@@ -637,6 +653,7 @@ impl Driver {
             return self.refresh().await;
         }
         let epoch = resp.header().map_or(0, |h| h.revision());
+        self.view_revision = self.view_revision.max(epoch);
         let owner = Owner {
             value,
             mod_revision: epoch,
@@ -734,7 +751,11 @@ impl Driver {
                 )
             }
             Opening::Handed { since } => (*since, false),
-            Opening::Reopen { since } => (*since, false),
+            // Everything pending for the group, with no window: while it
+            // was open here nothing was kept for it but a batch the
+            // fencing deadline refused at its commit, and nobody else can
+            // have run what arrived since.
+            Opening::Reopen => (i64::MIN, false),
         };
         tracing::info!(node = %self.me, group, epoch, "cluster: group open here");
         match self.node.replay_group(group.to_owned(), since, flag).await {
@@ -842,8 +863,7 @@ impl Driver {
         tracing::warn!(node = %self.me, "cluster: unfenced: a keepalive was credited again");
         for (g, held) in f.held {
             if model::may_reopen(&held, self.owners.get(&g)) {
-                self.open_group(&g, held, Opening::Reopen { since: f.since_ms })
-                    .await;
+                self.open_group(&g, held, Opening::Reopen).await;
             }
         }
     }
@@ -874,15 +894,26 @@ impl Driver {
         };
         let epoch = owner.mod_revision;
         tracing::info!(node = %self.me, group, to, reason, "cluster: handing the group over");
+        // FAILOVER-OFF when the group goes back to its first node, and
+        // FAILOVER-ON when a switchover moves it away from there: the
+        // signals always say whether the group is home.
+        let home = self.cfg.groups.get(group).and_then(|l| l.first());
+        let name = if home.is_some_and(|h| h == to) {
+            "FAILOVER-OFF"
+        } else {
+            "FAILOVER-ON"
+        };
         self.raise(
-            "FAILOVER-OFF",
-            format!("FAILOVER-OFF/{group}/{epoch}"),
+            name,
+            format!("{name}/{group}/{epoch}/{reason}"),
             &[
                 ("group", group.into()),
                 ("from", self.me.clone().into()),
                 ("to", to.into()),
+                ("primary", self.me.clone().into()),
                 ("reason", reason.into()),
                 ("epoch", epoch.into()),
+                ("down_since", now_ms().into()),
             ],
         )
         .await;
@@ -912,7 +943,15 @@ impl Driver {
                 Some(PutOptions::new().with_lease(taker.lease)),
             )]);
         let moved = match self.txn_retried("hand over", &c, txn).await {
-            Ok(r) => r.succeeded(),
+            Ok(r) => {
+                if r.succeeded() {
+                    // Views older than the move must not reopen the group.
+                    let rev = r.header().map_or(0, |h| h.revision());
+                    self.view_revision = self.view_revision.max(rev);
+                    self.owners.remove(group);
+                }
+                r.succeeded()
+            }
             Err(e) => {
                 self.note_error(e);
                 false
@@ -1034,6 +1073,7 @@ impl Driver {
             return Err(ClusterError::Refused("the owner key changed".into()));
         }
         let rev = r.header().map_or(owner.mod_revision, |h| h.revision());
+        self.view_revision = self.view_revision.max(rev);
         let o = Owner {
             value,
             mod_revision: rev,

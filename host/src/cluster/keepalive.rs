@@ -32,6 +32,9 @@ pub(super) struct View {
     pub(super) owners: BTreeMap<String, Owner>,
     /// The publisher and its key's mod revision.
     pub(super) publisher: Option<(String, i64)>,
+    /// The etcd revision the read saw (of its last part): views are
+    /// applied in this order only.
+    pub(super) revision: i64,
 }
 
 /// What the keepalive task tells the driver.
@@ -122,7 +125,14 @@ pub(super) async fn read_view(
     let publisher = retried(metrics, t, "read publisher", get(keys.publisher(), false)).await?;
     let mp = keys.members();
     let op = keys.owners();
+    let revision = [members.header(), owners.header(), publisher.header()]
+        .iter()
+        .flatten()
+        .map(|h| h.revision())
+        .min()
+        .unwrap_or(0);
     Ok(View {
+        revision,
         members: members
             .kvs()
             .iter()
@@ -189,7 +199,10 @@ pub(super) async fn run(
         }
         next = tokio::time::Instant::now() + period;
         let event = round(&client, &s, &gate, &metrics, &lease_tx, &mut keeper).await;
-        if events.send(event).await.is_err() {
+        // Never wait for a busy driver: a report it has no room for is
+        // superseded by the next round's (a lost lease also shows in the
+        // lease channel, which the driver reads).
+        if let Err(mpsc::error::TrySendError::Closed(_)) = events.try_send(event) {
             return;
         }
     }

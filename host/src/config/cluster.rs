@@ -106,11 +106,13 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
         ));
     }
     for e in &raw.etcd {
-        if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() > 256 {
+        // This build talks to etcd without TLS: an https:// endpoint would
+        // never connect, so it is refused here rather than at 3 a.m.
+        if !e.starts_with("http://") || e.len() > 256 {
             return Err(invalid(
                 "cluster.etcd",
                 format!("{e:?}"),
-                "an endpoint such as \"http://127.0.0.1:2379\"",
+                "an http:// endpoint such as \"http://127.0.0.1:2379\" (etcd over TLS is not supported yet)",
             ));
         }
     }
@@ -141,6 +143,14 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
         },
         Duration::from_secs(60),
     )?;
+    if lease_ttl.subsec_nanos() != 0 {
+        // etcd grants leases in whole seconds.
+        return Err(invalid(
+            "cluster.lease_ttl",
+            format!("{:?}", raw.lease_ttl.as_deref().unwrap_or("")),
+            "a whole number of seconds, such as \"10s\" (etcd grants leases in seconds)",
+        ));
+    }
     let secret = secret("cluster.secret", "TANDEM_CLUSTER_SECRET", raw.secret)?.ok_or_else(|| {
         invalid(
             "cluster.secret",
@@ -330,6 +340,11 @@ mod tests {
                 "each node once",
             ),
             (cluster("fence_margin = \"9s\""), "cluster.fence_margin"),
+            (cluster("lease_ttl = \"7500ms\""), "whole number of seconds"),
+            (
+                cluster("").replace("http://127.0.0.1:2379", "https://127.0.0.1:2379"),
+                "not supported",
+            ),
             (cluster("failback = \"sometimes\""), "cluster.failback"),
             (
                 cluster("").replace("http://10.0.0.1:8080", "10.0.0.1:8080"),

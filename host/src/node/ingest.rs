@@ -291,7 +291,7 @@ pub(super) fn outcome_json(o: &Outcome) -> serde_json::Value {
         o.runs
             .iter()
             .map(|r| {
-                serde_json::json!({
+                let mut run = serde_json::json!({
                     "rule": &*r.rule,
                     "signal": &*r.signal,
                     "key": &*r.key,
@@ -299,7 +299,13 @@ pub(super) fn outcome_json(o: &Outcome) -> serde_json::Value {
                     "actions": r.actions,
                     "error": r.error.as_ref().map(|e| serde_json::json!({"kind": e.kind(), "message": e.to_string()})),
                     "rejected": r.rejected,
-                })
+                });
+                // A cluster member's runs say under which group and epoch.
+                if r.epoch > 0 {
+                    run["group"] = serde_json::Value::from(&*r.group);
+                    run["epoch"] = serde_json::Value::from(r.epoch);
+                }
+                run
             })
             .chain(capped)
             .collect(),

@@ -7,7 +7,9 @@
 //! - `channel`: default `default`.
 //!
 //! FAILOVER-ON carries `reason`, `epoch`, `primary` and `down_since` (ms
-//! since the Unix epoch); FAILOVER-OFF carries `primary` and `epoch`.
+//! since the Unix epoch); FAILOVER-OFF carries `primary` and `epoch`. In a
+//! cluster both also carry `group`, `from` and `to`: the message then names
+//! the group and the two nodes.
 
 use tandem_guest::time::format_utc;
 use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, Signal, export_rule};
@@ -34,12 +36,39 @@ impl Rule for FailoverNotify {
 
     fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
         let primary = signal.str_field("primary").unwrap_or("primary server");
+        let since = || {
+            signal
+                .field("down_since")
+                .and_then(|v| v.as_i64())
+                .map_or_else(|| "an unknown time".to_owned(), format_utc)
+        };
+        if let Some(group) = signal.str_field("group") {
+            // A cluster's group moved between two nodes.
+            let from = signal.str_field("from").unwrap_or("its node");
+            let to = signal.str_field("to").unwrap_or("another node");
+            let reason = signal.str_field("reason").unwrap_or("takeover");
+            let (subject, body) = match signal.name.as_str() {
+                "FAILOVER-ON" => (
+                    format!("group {group}: {from} offline, {to} took over"),
+                    format!(
+                        "group {group} moved from {from} to {to} ({reason}); {from} not seen since {}",
+                        since()
+                    ),
+                ),
+                "FAILOVER-OFF" => (
+                    format!("group {group}: back on {to}"),
+                    format!("group {group} moved back from {from} to {to} ({reason})"),
+                ),
+                _ => return Ok(()),
+            };
+            ctx.emit(Action::Notify(
+                Notify::new(&self.to, subject, body).on_channel(&self.channel),
+            ));
+            return Ok(());
+        }
         let (subject, body) = match signal.name.as_str() {
             "FAILOVER-ON" => {
-                let since = signal
-                    .field("down_since")
-                    .and_then(|v| v.as_i64())
-                    .map_or_else(|| "an unknown time".to_owned(), format_utc);
+                let since = since();
                 let reason = signal.str_field("reason").unwrap_or("heartbeat timeout");
                 (
                     format!("{primary} offline, secondary active"),
@@ -100,6 +129,33 @@ mod tests {
             .unwrap();
         assert_eq!(n[0].to, "group:it");
         assert!(n[0].body.contains("is back"), "{}", n[0].body);
+    }
+
+    #[test]
+    fn a_cluster_group_names_the_group_and_both_nodes() {
+        let mut h = Harness::<FailoverNotify>::new(&Config::new()).unwrap();
+        let on = Signal::new("FAILOVER-ON")
+            .with_field("group", "elementary")
+            .with_field("from", "school-1")
+            .with_field("to", "office")
+            .with_field("reason", "takeover")
+            .with_field("down_since", 1_763_780_000_000_i64);
+        let n = h.notifications(&on).unwrap();
+        assert_eq!(
+            n[0].subject,
+            "group elementary: school-1 offline, office took over"
+        );
+        assert!(
+            n[0].body.contains("since 2025-11-22 02:53:20 UTC"),
+            "{}",
+            n[0].body
+        );
+        let off = Signal::new("FAILOVER-OFF")
+            .with_field("group", "elementary")
+            .with_field("from", "office")
+            .with_field("to", "school-1");
+        let n = h.notifications(&off).unwrap();
+        assert_eq!(n[0].subject, "group elementary: back on school-1");
     }
 
     #[test]
