@@ -96,6 +96,10 @@ pub struct Metrics {
     pub cluster_etcd_errors: Counter,
     /// Cluster: raised signals that could not be posted to a member.
     pub cluster_fanout_failed: Counter,
+    /// Cluster: age (ms) of the oldest key in the last executed batch put.
+    pub cluster_publish_lag_ms: Gauge,
+    /// Cluster: gaps recorded in this node's history of executed keys.
+    pub cluster_gaps: Gauge,
     /// The engine's counters, copied in at render time.
     engine: [Counter<u64, AtomicU64>; 6],
     rules: Family<State, Gauge>,
@@ -151,6 +155,8 @@ impl Metrics {
             cluster_keepalive_age_ms: Gauge::default(),
             cluster_etcd_errors: Counter::default(),
             cluster_fanout_failed: Counter::default(),
+            cluster_publish_lag_ms: Gauge::default(),
+            cluster_gaps: Gauge::default(),
             engine: Default::default(),
             rules: Family::default(),
             registry: Registry::with_prefix("tandem"),
@@ -236,6 +242,16 @@ impl Metrics {
             "cluster_fanout_failed",
             "Cluster: raised signals that could not be posted to a member",
             m.cluster_fanout_failed.clone(),
+        );
+        r.register(
+            "cluster_publish_lag_ms",
+            "Cluster: age of the oldest key in the last executed batch put",
+            m.cluster_publish_lag_ms.clone(),
+        );
+        r.register(
+            "cluster_gaps",
+            "Cluster: gaps in this node's history of executed keys",
+            m.cluster_gaps.clone(),
         );
         for (counter, (name, help)) in m.engine.iter().zip(ENGINE_COUNTERS) {
             r.register(name, help, counter.clone());

@@ -22,6 +22,7 @@ use etcd_client::{
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::executed;
 use super::keepalive::{self, Event, Lease, View, bounded};
 use super::keys::Keys;
 use super::model::{self, Member, Owner, OwnerValue, Situation, Step};
@@ -50,8 +51,9 @@ enum Opening {
         raise: Option<(&'static str, String)>,
         down_since: i64,
     },
-    /// A giver put the key for this node: replay from when it closed.
-    Handed { since: i64 },
+    /// A giver put the key for this node: read the giver's executed keys
+    /// at the move's revision, then replay every pending row.
+    Handed,
     /// Unfenced with the key unchanged: replay every pending row.
     Reopen,
 }
@@ -92,6 +94,13 @@ struct Driver {
     /// The etcd revision of the newest view taken (or of this node's own
     /// last write).
     view_revision: i64,
+    /// Whether the executed-key tasks run.
+    executed_started: bool,
+    /// (when, etcd revision) of views taken: an owner prunes its groups'
+    /// batches created before the revision it saw `replay_window` ago.
+    rev_samples: std::collections::VecDeque<(Instant, i64)>,
+    /// Gaps in this node's history of executed keys (revisions).
+    gaps: Vec<i64>,
 }
 
 /// Start the driver task.
@@ -132,6 +141,9 @@ pub(super) fn start(
         stop: stop.clone(),
         tenures: std::collections::VecDeque::new(),
         view_revision: 0,
+        executed_started: false,
+        rev_samples: std::collections::VecDeque::new(),
+        gaps: Vec::new(),
     };
     tokio::spawn(d.run(cmds, stop))
 }
@@ -360,8 +372,33 @@ impl Driver {
                 self.stop.clone(),
             ));
         }
+        if !self.executed_started {
+            self.executed_started = true;
+            tokio::spawn(executed::publish_loop(
+                self.node.clone(),
+                client.clone(),
+                self.keys.clone(),
+                self.stop.clone(),
+            ));
+            tokio::spawn(executed::watch_loop(
+                self.node.clone(),
+                client.clone(),
+                self.keys.clone(),
+                self.stop.clone(),
+            ));
+        }
         if self.ready() && self.lease().is_some() && !self.member_put() {
             self.put_member(client.clone()).await?;
+        }
+        self.prune_batches(&client).await;
+        if let Ok(g) = self
+            .node
+            .store()
+            .read(|c| crate::store::groups::gaps(c, 20))
+            .await
+        {
+            self.node.metrics().cluster_gaps.set(g.len() as i64);
+            self.gaps = g;
         }
         if self.publisher.is_none() && self.member_put() {
             self.create_publisher(client.clone()).await?;
@@ -516,6 +553,15 @@ impl Driver {
             return;
         }
         self.view_revision = view.revision;
+        let now = Instant::now();
+        self.rev_samples.push_back((now, view.revision));
+        while self
+            .rev_samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > self.cfg.replay_window * 2)
+        {
+            self.rev_samples.pop_front();
+        }
         self.members = view.members;
         self.owners = view.owners;
         self.publisher = view.publisher;
@@ -574,16 +620,10 @@ impl Driver {
                     Ok(())
                 }
                 Step::Open => {
-                    let owner = self.owners.get(&group).cloned();
-                    match owner {
-                        Some(o) => {
-                            let since =
-                                o.value.handed_at.unwrap_or_else(|| self.down_since(&group));
-                            self.open_group(&group, o, Opening::Handed { since }).await;
-                            Ok(())
-                        }
-                        None => Ok(()),
+                    if let Some(o) = self.owners.get(&group).cloned() {
+                        self.open_group(&group, o, Opening::Handed).await;
                     }
+                    Ok(())
                 }
                 Step::Close => {
                     self.close_group(&group).await;
@@ -599,6 +639,29 @@ impl Driver {
                 Step::HandBack { to } => self.hand_over(&group, &to, false, "failback").await,
             };
             if let Err(e) = result {
+                self.note_error(e);
+            }
+        }
+    }
+
+    /// The owner's job: delete its groups' executed batches created before
+    /// the revision it observed `replay_window` ago.
+    async fn prune_batches(&mut self, client: &Client) {
+        let now = Instant::now();
+        let Some(below) = self
+            .rev_samples
+            .iter()
+            .rev()
+            .find(|(at, _)| now.duration_since(*at) >= self.cfg.replay_window)
+            .map(|(_, rev)| *rev)
+        else {
+            return;
+        };
+        let groups: Vec<String> = self.open.keys().cloned().collect();
+        for g in groups {
+            if let Err(e) =
+                executed::prune(&self.node, client, &self.keys, &g, below, self.op_timeout()).await
+            {
                 self.note_error(e);
             }
         }
@@ -698,6 +761,28 @@ impl Driver {
     /// for, and (at a takeover) raise FAILOVER-ON.
     async fn open_group(&mut self, group: &str, owner: Owner, how: Opening) {
         let epoch = owner.mod_revision;
+        // The keys others executed for the group, before the gate opens: a
+        // taker reads them at the move's revision (the giver's last ones
+        // travelled in the move), a node taking over reads what is there.
+        let read_at = match &how {
+            Opening::Handed => Some(owner.mod_revision),
+            Opening::TakeOver { .. } => Some(0),
+            Opening::Reopen => None,
+        };
+        if let (Some(rev), Some(c)) = (read_at, self.client.clone()) {
+            let t = self.op_timeout();
+            let mut r = executed::read_all(&self.node, &c, &self.keys, Some(group), rev, t).await;
+            if r.is_err() && rev > 0 {
+                // Compacted past the move: what is there now is a superset.
+                r = executed::read_all(&self.node, &c, &self.keys, Some(group), 0, t).await;
+            }
+            if let Err(e) = r {
+                tracing::warn!(
+                    group,
+                    "cluster: cannot read the group's executed keys before opening it: {e}"
+                );
+            }
+        }
         self.node.gate().open_group(group, epoch as u64);
         self.note_open(group, epoch);
         self.open.insert(group.to_owned(), owner);
@@ -705,7 +790,7 @@ impl Driver {
             .metrics()
             .cluster_owned_groups
             .set(self.open.len() as i64);
-        let (since, flag) = match &how {
+        let (since, flag_before) = match &how {
             Opening::TakeOver { raise, down_since } => {
                 if matches!(raise, Some(("FAILOVER-ON", _))) {
                     let me = self.me.clone();
@@ -745,20 +830,39 @@ impl Driver {
                     )
                     .await;
                 }
+                // At least once: flagged `replayed`.
                 (
                     crate::node::replay_since(*down_since, self.cfg.replay_window),
-                    true,
+                    i64::MAX,
                 )
             }
-            Opening::Handed { since } => (*since, false),
+            // Every pending row, with no window: the giver's executed keys
+            // are tombstones here now. Rows received before this node's
+            // last gap in its history may have run elsewhere unseen:
+            // flagged `replayed`.
+            Opening::Handed => {
+                let gap = self
+                    .node
+                    .store()
+                    .read(crate::store::groups::last_gap)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(i64::MIN, |(_, at, _)| at);
+                (i64::MIN, gap)
+            }
             // Everything pending for the group, with no window: while it
             // was open here nothing was kept for it but a batch the
             // fencing deadline refused at its commit, and nobody else can
             // have run what arrived since.
-            Opening::Reopen => (i64::MIN, false),
+            Opening::Reopen => (i64::MIN, i64::MIN),
         };
         tracing::info!(node = %self.me, group, epoch, "cluster: group open here");
-        match self.node.replay_group(group.to_owned(), since, flag).await {
+        match self
+            .node
+            .replay_group(group.to_owned(), since, flag_before)
+            .await
+        {
             Ok(s) if s.executed + s.covered + s.stale > 0 => {
                 tracing::info!(
                     group,
@@ -932,19 +1036,38 @@ impl Driver {
         };
         let next = serde_json::to_vec(&next).map_err(|e| ClusterError::Refused(e.to_string()))?;
         let key = self.keys.owner(group);
+        // The giver's executed keys not yet published travel in the move
+        // itself: the taker reads them at the move's revision.
+        let batches = match executed::take_unpublished(&self.node, &self.keys, group).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(
+                    group,
+                    "cluster: cannot read the unpublished executed keys: {e}"
+                );
+                Vec::new()
+            }
+        };
+        let mut ops = vec![TxnOp::put(
+            key.clone(),
+            next,
+            Some(PutOptions::new().with_lease(taker.lease)),
+        )];
+        let mut seqs = Vec::new();
+        for (k, v, s) in batches {
+            ops.push(TxnOp::put(k, v, None));
+            seqs.extend(s);
+        }
         let txn = Txn::new()
             .when([
                 Compare::value(key.clone(), CompareOp::Equal, current),
                 Compare::mod_revision(key.clone(), CompareOp::Equal, owner.mod_revision),
             ])
-            .and_then([TxnOp::put(
-                key,
-                next,
-                Some(PutOptions::new().with_lease(taker.lease)),
-            )]);
+            .and_then(ops);
         let moved = match self.txn_retried("hand over", &c, txn).await {
             Ok(r) => {
                 if r.succeeded() {
+                    executed::mark_published(&self.node, std::mem::take(&mut seqs)).await;
                     // Views older than the move must not reopen the group.
                     let rev = r.header().map_or(0, |h| h.revision());
                     self.view_revision = self.view_revision.max(rev);
@@ -996,7 +1119,7 @@ impl Driver {
             .await;
             let _ = self
                 .node
-                .replay_group(group.to_owned(), closed_at, false)
+                .replay_group(group.to_owned(), i64::MIN, i64::MIN)
                 .await;
             return Err(ClusterError::Refused(format!(
                 "handback to {to:?} failed (its lease ended?): group {group:?} stays here"
@@ -1203,7 +1326,7 @@ impl Driver {
                 })
                 .collect(),
             publisher: self.publisher.as_ref().map(|(n, _)| n.clone()),
-            gaps: Vec::new(),
+            gaps: self.gaps.clone(),
             last_error: self.last_error.clone(),
             tenures: self.tenures.iter().cloned().collect(),
         };

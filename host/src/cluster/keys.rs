@@ -5,6 +5,7 @@
 //! members/<node>     {version, advertise, ready, lease} under the node's lease
 //! owners/<group>     {node, lease, pinned, handed_at} under the owner's lease
 //! publisher          {node} (the node that pushes the synced tables)
+//! executed/<group>/<node>-<seq>   {keys} a batch of executed signal keys
 //! ```
 
 /// The keys of one cluster.
@@ -34,6 +35,9 @@ impl Keys {
     }
     pub(super) fn owner(&self, group: &str) -> String {
         format!("{}owners/{group}", self.prefix)
+    }
+    pub(super) fn executed(&self, group: &str, node: &str, seq: u64) -> String {
+        format!("{}executed/{group}/{node}-{seq:020}", self.prefix)
     }
     pub(super) fn publisher(&self) -> String {
         format!("{}publisher", self.prefix)

@@ -17,6 +17,7 @@
 //! - `publish`: the publisher pushes the synced tables to every member.
 
 mod driver;
+mod executed;
 pub mod fanout;
 mod keepalive;
 mod keys;

@@ -200,7 +200,13 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
         raw.advanced.publish_window.as_deref(),
         Duration::from_millis(20),
         Duration::from_millis(1),
-        Duration::from_secs(1),
+        // The lab may hold keys back long enough to kill a node with keys
+        // it executed and never published.
+        if lab {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(1)
+        },
     )?;
     let handback_delay = duration(
         "cluster.advanced.handback_delay",

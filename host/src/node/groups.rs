@@ -85,20 +85,22 @@ impl Node {
     }
 
     /// Run `group`'s pending signals received at or after `since` (ms),
-    /// oldest first, flagged `replayed` when `flag`; those received before
-    /// `since` are dropped from the group's pending rows. Stops early if
-    /// the group's gate closes.
+    /// oldest first, flagged `replayed` when received before `flag_before`
+    /// (`i64::MAX`: all, `i64::MIN`: none); those received before `since`
+    /// are dropped from the group's pending rows. Stops early if the
+    /// group's gate closes.
     pub async fn replay_group(
         self: &Arc<Self>,
         group: String,
         since: i64,
-        flag: bool,
+        flag_before: i64,
     ) -> Result<ReplaySummary, StoreError> {
         let node = self.clone();
-        let summary =
-            tokio::task::spawn_blocking(move || node.replay_group_blocking(&group, since, flag))
-                .await
-                .map_err(|e| StoreError::Task(e.to_string()))??;
+        let summary = tokio::task::spawn_blocking(move || {
+            node.replay_group_blocking(&group, since, flag_before)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
         if summary.executed > 0 {
             self.wake_delivery();
         }
@@ -109,7 +111,7 @@ impl Node {
         &self,
         group: &str,
         since: i64,
-        flag: bool,
+        flag_before: i64,
     ) -> Result<ReplaySummary, StoreError> {
         let mut summary = ReplaySummary::default();
         summary.stale += self.store.write_blocking(|c| {
@@ -132,7 +134,8 @@ impl Node {
                 let mut progressed = false;
                 {
                     let mut rules = self.lock_rules();
-                    for (id, _) in ids {
+                    for (id, received_at) in ids {
+                        let flag = received_at < flag_before;
                         let Some((mut signal, _)) = events::load(&tx, id as i64)? else {
                             // Its event row is gone (pruned): nothing to run.
                             tx.execute(

@@ -6,13 +6,136 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::StoreError;
 
-/// Whether `group` already ran `key` here.
+/// Whether `group` already ran `key`, here or (a tombstone) on another
+/// member.
 pub fn ran(tx: &Transaction<'_>, group: &str, key: &str) -> Result<bool, StoreError> {
-    Ok(tx
+    let here = tx
         .prepare_cached("SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2")?
         .query_row(params![group, key], |_| Ok(()))
         .optional()?
-        .is_some())
+        .is_some();
+    Ok(here
+        || tx
+            .prepare_cached("SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2")?
+            .query_row(params![group, key], |_| Ok(()))
+            .optional()?
+            .is_some())
+}
+
+/// Keys another member executed for `group`: stored as tombstones, and
+/// the matching pending rows of that group (only) dropped. Returns how
+/// many pending rows went.
+pub fn tombstone(
+    tx: &Transaction<'_>,
+    group: &str,
+    keys: &[String],
+    at: i64,
+) -> Result<usize, StoreError> {
+    let mut put = tx.prepare_cached(
+        "INSERT INTO group_tombstone (grp, key, at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (grp, key) DO NOTHING",
+    )?;
+    let mut drop = tx.prepare_cached("DELETE FROM group_pending WHERE grp = ?1 AND key = ?2")?;
+    let mut dropped = 0;
+    for k in keys {
+        put.execute(params![group, k, at])?;
+        dropped += drop.execute(params![group, k])?;
+    }
+    Ok(dropped)
+}
+
+/// Up to `limit` executions not yet in an executed batch, oldest first:
+/// (seq, group, key, at). Only `group`'s when given.
+pub fn unpublished(
+    conn: &Connection,
+    group: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, grp, key, at FROM group_executed
+         WHERE published = 0 AND (?1 IS NULL OR grp = ?1) ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![group, limit], |r| {
+        Ok((
+            r.get::<_, i64>(0)?.max(0) as u64,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Mark executions as published.
+pub fn mark_published(conn: &mut Connection, seqs: &[u64]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt =
+            tx.prepare_cached("UPDATE group_executed SET published = 1 WHERE seq = ?1")?;
+        for s in seqs {
+            stmt.execute([*s as i64])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+const APPLIED_REV: &str = "cluster.applied_rev";
+
+/// The etcd revision up to which executed batches are applied here.
+pub fn applied_rev(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(super::setting::<i64>(conn, APPLIED_REV)?.unwrap_or(0))
+}
+
+/// Apply the tombstones of one watch answer and move `applied_rev`, in one
+/// transaction: `batches` are (group, keys).
+pub fn apply_batches(
+    conn: &mut Connection,
+    batches: &[(String, Vec<String>)],
+    rev: i64,
+) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let at = super::now_ms();
+    let mut dropped = 0;
+    for (g, keys) in batches {
+        dropped += tombstone(&tx, g, keys, at)?;
+    }
+    if rev > applied_rev(&tx)? {
+        super::set_setting(&tx, APPLIED_REV, rev)?;
+    }
+    tx.commit()?;
+    Ok(dropped)
+}
+
+/// Record a gap in this node's history of executed keys at `rev`.
+pub fn add_gap(conn: &Connection, rev: i64, reason: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO history_gap (rev, at, reason) VALUES (?1, ?2, ?3)",
+        params![rev, super::now_ms(), reason],
+    )?;
+    Ok(())
+}
+
+/// The last gap: (revision, when, why).
+pub fn last_gap(conn: &Connection) -> Result<Option<(i64, i64, String)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT rev, at, reason FROM history_gap ORDER BY rowid DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?)
+}
+
+/// The newest `limit` gaps' revisions, oldest first.
+pub fn gaps(conn: &Connection, limit: u32) -> Result<Vec<i64>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT rev FROM history_gap ORDER BY rowid DESC LIMIT ?1")?;
+    let mut v: Vec<i64> = stmt
+        .query_map([limit], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    v.reverse();
+    Ok(v)
 }
 
 /// Record that `group` ran `key` under `epoch` (in the execution's

@@ -32,3 +32,22 @@ CREATE INDEX group_pending_received ON group_pending (grp, received_at);
 -- epoch; NULL on a pair), and the group of a failover log row.
 ALTER TABLE notification ADD COLUMN epoch INTEGER;
 ALTER TABLE failover_log ADD COLUMN grp TEXT;
+
+-- Keys that another member executed for a group (from the executed
+-- batches in etcd): never run here for that group.
+CREATE TABLE group_tombstone (
+    grp TEXT NOT NULL,
+    key TEXT NOT NULL,
+    at  INTEGER NOT NULL,
+    PRIMARY KEY (grp, key)
+);
+CREATE INDEX group_tombstone_at ON group_tombstone (at);
+CREATE INDEX group_executed_unpublished ON group_executed (published, seq);
+
+-- Revisions where this node's history of executed keys became
+-- incomplete (its first start, or a watch cancelled as compacted).
+CREATE TABLE history_gap (
+    rev    INTEGER NOT NULL,
+    at     INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
