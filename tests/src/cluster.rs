@@ -197,6 +197,8 @@ pub struct Opts {
     /// Advertise each node through a proxy of its own (to cut members
     /// off from each other while etcd stays reachable).
     pub advertise_proxies: bool,
+    /// `[cluster] startup_delay`.
+    pub startup_delay: &'static str,
 }
 
 /// The three groups of DESIGN.md §7.
@@ -236,6 +238,7 @@ impl Default for Opts {
             proxied: Vec::new(),
             advanced: "",
             advertise_proxies: false,
+            startup_delay: "0s",
         }
     }
 }
@@ -278,7 +281,7 @@ fn node_config(
          [rules]\ndir = \"{rules}\"\n\n\
          [cluster]\nname = \"test\"\netcd = [{endpoints}]\nadvertise = \"http://{advertise}\"\n\
          lease_ttl = \"{ttl}ms\"\nsecret = \"{CLUSTER_SECRET}\"\nfailback = \"{failback}\"\n\
-         startup_delay = \"0s\"\nreplay_window = \"10s\"\n\n\
+         startup_delay = \"{startup}\"\nreplay_window = \"10s\"\n\n\
          [cluster.groups]\n{groups}\n\
          [cluster.advanced]\nlab_timings = true\n{advanced}\n\n\
          [[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{hook}\"\n",
@@ -288,6 +291,7 @@ fn node_config(
         failback = o.failback,
         groups = o.groups,
         advanced = o.advanced,
+        startup = o.startup_delay,
     );
     std::fs::write(&path, text).expect("write config");
     path
@@ -554,20 +558,27 @@ impl Sender {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (s, prefix) = (stop.clone(), prefix.to_owned());
         let thread = std::thread::spawn(move || {
+            // `n` counts keys some node accepted: a key no node took (all
+            // down) is sent again under the same number.
             let mut n = 0u64;
             while !s.load(std::sync::atomic::Ordering::SeqCst) {
-                n += 1;
                 let body = format!(
-                    r#"{{"name": "PANIC-2", "key": "{prefix}-{n}", "fields": {{"location": "hall"}}}}"#
+                    r#"{{"name": "PANIC-2", "key": "{prefix}-{}", "fields": {{"location": "hall"}}}}"#,
+                    n + 1
                 );
+                let mut accepted = false;
                 for a in &admins {
-                    let _ = crate::http::try_request(
+                    accepted |= crate::http::try_request(
                         "POST",
                         a,
                         "/api/v1/signals",
                         Some("ingest"),
                         body.as_bytes(),
-                    );
+                    )
+                    .is_some_and(|r| r.status == 202);
+                }
+                if accepted {
+                    n += 1;
                 }
                 std::thread::sleep(Duration::from_millis(25));
             }

@@ -19,7 +19,8 @@ impl Answer {
     }
 }
 
-/// Like [`request`], but `None` when nothing listens there.
+/// Like [`request`], but `None` when nothing listens there or the
+/// exchange fails (a node killed in the middle of it).
 pub fn try_request(
     method: &str,
     base: &str,
@@ -27,18 +28,27 @@ pub fn try_request(
     token: Option<&str>,
     body: &[u8],
 ) -> Option<Answer> {
-    let addr = base.strip_prefix("http://").unwrap_or(base);
-    TcpStream::connect(addr).ok()?;
-    Some(request(method, base, path, token, body))
+    exchange(method, base, path, token, body).ok()
 }
 
 /// Send one request to `base` (`http://host:port`) and read the answer.
 pub fn request(method: &str, base: &str, path: &str, token: Option<&str>, body: &[u8]) -> Answer {
+    exchange(method, base, path, token, body)
+        .unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"))
+}
+
+fn exchange(
+    method: &str,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Result<Answer, String> {
     let addr = base.strip_prefix("http://").unwrap_or(base);
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
+        .map_err(|e| e.to_string())?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -46,7 +56,9 @@ pub fn request(method: &str, base: &str, path: &str, token: Option<&str>, body: 
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).expect("write head");
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| format!("write head: {e}"))?;
     // A server may answer (413) before reading a huge body; ignore a reset.
     let _ = stream.write_all(body);
     let mut raw = Vec::new();
@@ -57,7 +69,7 @@ pub fn request(method: &str, base: &str, path: &str, token: Option<&str>, body: 
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
     let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -66,7 +78,7 @@ pub fn request(method: &str, base: &str, path: &str, token: Option<&str>, body: 
     } else {
         body.to_owned()
     };
-    Answer { status, body }
+    Ok(Answer { status, body })
 }
 
 fn dechunk(mut s: &str) -> String {
