@@ -534,7 +534,17 @@ fn the_publisher_pushes_synced_tables_to_every_member_and_subscribers_are_read_o
     let refused = put("highschool", "door-b");
     assert_eq!(refused.status, 409, "{}", refused.body);
     assert!(refused.body.contains("office"), "{}", refused.body);
-    // Move the publisher; changes are then made there and flow back.
+    // Move the publisher, once the new one holds the latest generation
+    // (the move is refused before); changes are then made there.
+    wait_for("every member holds the latest generation", WAIT, || {
+        c.view("highschool").is_some_and(|v| {
+            let gens: Vec<u64> = v["members"]
+                .as_array()
+                .map(|m| m.iter().filter_map(|m| m["generation"].as_u64()).collect())
+                .unwrap_or_default();
+            gens.len() == 3 && gens.iter().all(|g| *g == gens[0])
+        })
+    });
     let r = cli(&c, "highschool", &["publisher", "elementary"]);
     assert!(r.status.success(), "{}{}", r.stdout, r.stderr);
     wait_for("every node sees the new publisher", WAIT, || {

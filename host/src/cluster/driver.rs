@@ -1038,7 +1038,7 @@ impl Driver {
         let key = self.keys.owner(group);
         // The giver's executed keys not yet published travel in the move
         // itself: the taker reads them at the move's revision.
-        let batches = match executed::take_unpublished(&self.node, &self.keys, group).await {
+        let mut batches = match executed::take_unpublished(&self.node, &self.keys, group).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(
@@ -1048,6 +1048,26 @@ impl Driver {
                 Vec::new()
             }
         };
+        // All but the last batch are put first (the gate is closed: no
+        // new ones come), so the move transaction stays small.
+        let last = batches.pop();
+        for (k, v, seqs) in batches {
+            let put = keepalive::retried(
+                self.node.metrics(),
+                self.op_timeout(),
+                "put executed keys",
+                || {
+                    let (mut c, k, v) = (c.clone(), k.clone(), v.clone());
+                    async move { c.put(k, v, None).await }
+                },
+            )
+            .await;
+            match put {
+                Ok(_) => executed::mark_published(&self.node, seqs).await,
+                Err(e) => self.note_error(e),
+            }
+        }
+        let batches: Vec<_> = last.into_iter().collect();
         let mut ops = vec![TxnOp::put(
             key.clone(),
             next,
@@ -1308,6 +1328,7 @@ impl Driver {
                     ready: m.ready,
                     version: m.version.clone(),
                     lease: format!("{:x}", m.lease),
+                    generation: m.generation,
                 })
                 .collect(),
             owners: self

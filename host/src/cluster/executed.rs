@@ -107,13 +107,18 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
     tokio::pin!(stop);
     let t = (cfg.lease_ttl / 3).max(Duration::from_millis(300));
     let mut wake = node.executions();
+    // A first pass publishes what a previous run left unpublished.
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            r = wake.changed() => if r.is_err() { return },
+        if !first {
+            tokio::select! {
+                _ = &mut stop => return,
+                r = wake.changed() => if r.is_err() { return },
+            }
+            // Gather for a window, then put what is there.
+            tokio::time::sleep(cfg.publish_window).await;
         }
-        // Gather for a window, then put what is there.
-        tokio::time::sleep(cfg.publish_window).await;
+        first = false;
         loop {
             let rows = match node
                 .store()

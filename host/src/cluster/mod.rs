@@ -53,6 +53,8 @@ pub struct MemberView {
     pub ready: bool,
     pub version: String,
     pub lease: String,
+    /// The table-sync generation it holds.
+    pub generation: u64,
 }
 
 /// A group's owner as `GET /api/v1/cluster` shows it.

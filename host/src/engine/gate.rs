@@ -31,6 +31,11 @@ const NO_DEADLINE: u64 = u64::MAX;
 #[derive(Debug, Clone)]
 pub struct Gate {
     open: Arc<RwLock<Open>>,
+    /// Held (read) by the node from before a dispatch until its store
+    /// transaction commits; closing waits for the write side, so when a
+    /// close returns, every execution of the closed group is committed
+    /// (a handback reads the giver's executed keys right after).
+    barrier: Arc<RwLock<()>>,
     /// CLOCK_BOOTTIME nanoseconds past which nothing may commit.
     deadline: Arc<AtomicU64>,
 }
@@ -38,6 +43,11 @@ pub struct Gate {
 /// Held by a dispatch while it runs; the gate cannot close under it.
 #[derive(Debug)]
 pub struct GateGuard<'a>(RwLockReadGuard<'a, Open>);
+
+/// Held by the node from before a dispatch until its commit
+/// ([`Gate::hold`]).
+#[derive(Debug)]
+pub struct CommitGuard<'a>(#[allow(dead_code)] RwLockReadGuard<'a, ()>);
 
 impl GateGuard<'_> {
     /// Whether rules of `group` may run in this dispatch, and the epoch
@@ -59,7 +69,20 @@ impl Gate {
                 groups: BTreeMap::new(),
             })),
             deadline: Arc::new(AtomicU64::new(NO_DEADLINE)),
+            barrier: Arc::new(RwLock::new(())),
         }
+    }
+
+    /// Hold the commit barrier: call it before a dispatch and keep it
+    /// until the transaction that records what ran commits. Never close
+    /// the gate while holding it.
+    pub fn hold(&self) -> CommitGuard<'_> {
+        CommitGuard(self.barrier.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Wait until every holder of the commit barrier has let go.
+    fn drain_commits(&self) {
+        drop(self.barrier.write().unwrap_or_else(|p| p.into_inner()));
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Open> {
@@ -80,9 +103,12 @@ impl Gate {
     /// code runs until the gate opens again. Call it from a blocking
     /// context.
     pub fn close(&self) {
-        let mut w = self.write();
-        w.all = false;
-        w.groups.clear();
+        {
+            let mut w = self.write();
+            w.all = false;
+            w.groups.clear();
+        }
+        self.drain_commits();
     }
 
     /// Open `group` under `epoch`.
@@ -93,7 +119,9 @@ impl Gate {
     /// Close `group`, waiting for in-flight dispatches as [`Gate::close`].
     /// Returns whether it was open.
     pub fn close_group(&self, group: &str) -> bool {
-        self.write().groups.remove(group).is_some()
+        let was = self.write().groups.remove(group).is_some();
+        self.drain_commits();
+        was
     }
 
     /// Whether any group is open now.
@@ -191,6 +219,26 @@ mod tests {
         assert!(!g.within_deadline());
         g.set_deadline(None);
         assert!(g.within_deadline());
+    }
+
+    #[test]
+    fn close_waits_for_a_held_commit() {
+        let g = Gate::new(false);
+        g.open_group("a", 1);
+        let held = g.hold();
+        let (tx, rx) = mpsc::channel();
+        let g2 = g.clone();
+        let closer = std::thread::spawn(move || {
+            g2.close_group("a");
+            tx.send(()).expect("receiver alive");
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        // The group is already closed to new dispatches meanwhile.
+        assert!(!g.is_group_open("a"));
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("close returned");
+        closer.join().expect("closer thread");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use tandem_guest::Config;
 use wasmtime::{InstancePre, Linker, Module};
 
 pub use cache::{Sha256Digest, sha256};
-pub use gate::{Gate, GateGuard};
+pub use gate::{CommitGuard, Gate, GateGuard};
 pub use instance::Instance;
 pub use limits::MemoryBudget;
 pub use linker::{Clock, EmitLimits};

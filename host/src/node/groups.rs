@@ -128,6 +128,7 @@ impl Node {
                 return Ok(summary);
             }
             let progressed = self.store.write_blocking(|conn| {
+                let _committing = self.gate.hold();
                 let now = now_ms();
                 let tx = conn.transaction()?;
                 let mut results = Vec::new();

@@ -107,6 +107,9 @@ impl Node {
             // before the commit; past it, the batch is stored again with
             // nothing run (pending), so nothing is lost.
             let attempt = self.store.write_blocking(|conn| {
+                // From before the dispatch until the commit: a close of a
+                // group returns only once what ran in it is committed.
+                let _committing = self.gate.hold();
                 let tx = conn.transaction()?;
                 let mut seen = std::collections::HashSet::new();
                 let mut results = Vec::with_capacity(signals.len());
