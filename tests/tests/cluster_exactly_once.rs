@@ -276,3 +276,58 @@ fn twenty_kill_cycles_lose_no_key_and_repeat_none_under_another_id() {
     }
     eprintln!("20 kill cycles, {n} keys to 3 groups: none lost, {same_id_repeats} same-id repeats");
 }
+
+#[test]
+fn after_a_handback_the_giver_copies_the_groups_rows_to_its_first_node_resuming_after_a_kill() {
+    let _one = lock();
+    // One batch of copy-back every second: slow enough to kill the giver
+    // in the middle.
+    let mut c = start_cluster(Opts {
+        advanced: "copyback_delay = \"1s\"",
+        ..Opts::default()
+    });
+    c.wait_owners(&HOME, WAIT);
+    c.node_mut("elementary").kill9();
+    wait_for("office takes elementary over", LEASE_TTL + MARGIN, || {
+        c.owned("office").iter().any(|g| g == "elementary")
+    });
+    // 450 signals while office carries elementary's group: three batches.
+    for i in 1..=450 {
+        let _ = tandem_tests::http::try_request(
+            "POST",
+            c.node("office").admin(),
+            "/api/v1/signals",
+            Some("ingest"),
+            format!(r#"{{"name": "PANIC-6", "key": "cb-{i}", "fields": {{"location": "gym"}}}}"#)
+                .as_bytes(),
+        );
+    }
+    c.hook
+        .wait_until(WAIT, |got| by_key(got, "panic-elementary").len() >= 450);
+    c.node_mut("elementary").restart();
+    c.wait_owners(&HOME, WAIT);
+    let copied = |c: &Cluster| {
+        let a = tandem_tests::http::get(
+            c.node("elementary").admin(),
+            "/api/v1/notifications?node=office&limit=1000",
+            Some("admin"),
+        );
+        a.json()
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| r["rule"] == "panic-elementary")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // The first batch lands, then the giver dies in the middle.
+    wait_for("a first batch copied", WAIT, || copied(&c) >= 200);
+    c.node_mut("office").kill9();
+    c.node_mut("office").restart();
+    wait_for("the rest copied after the restart", WAIT, || {
+        copied(&c) >= 450
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(copied(&c), 450, "each row copied once");
+}

@@ -278,6 +278,28 @@ fn auth_error(e: AuthError) -> ApiError {
     }
 }
 
+/// `POST /internal/v1/copyback`: rows a giver copies to a group's first
+/// node.
+pub(super) async fn internal_copyback(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::cluster::copyback::{CopyError, receive};
+    match receive(&node, &headers, body).await {
+        Ok(n) => Ok(Json(serde_json::json!({ "events": n }))),
+        Err(CopyError::NotClustered) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_role",
+            CopyError::NotClustered.to_string(),
+        )),
+        Err(CopyError::Auth(a)) => Err(auth_error(a)),
+        Err(e @ CopyError::TooLarge(_)) => Err(ApiError::too_large(e.to_string())),
+        Err(e @ CopyError::BadBody(_)) => Err(ApiError::bad_request("bad_body", e.to_string())),
+        Err(CopyError::Store(s)) => Err(s.into()),
+    }
+}
+
 /// `POST /internal/v1/signals`.
 pub(super) async fn internal_signals(
     State(node): State<AppState>,

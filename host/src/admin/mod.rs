@@ -97,6 +97,10 @@ pub fn app_with(
             post(cluster::internal_signals),
         )
         .route(cluster::MOVE_PATH, post(cluster::internal_move))
+        .route(
+            crate::cluster::copyback::PATH,
+            post(cluster::internal_copyback),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(Extension(failover))
         .layer(Extension(cluster))

@@ -14,8 +14,10 @@
 //! - `driver`: the task that talks to etcd and applies the steps;
 //! - [`fanout`]: raised signals posted to every member, and the receiving
 //!   end of `POST /internal/v1/signals`;
-//! - `publish`: the publisher pushes the synced tables to every member.
+//! - `publish`: the publisher pushes the synced tables to every member;
+//! - [`copyback`]: a giver's rows of a group copied to its first node.
 
+pub mod copyback;
 mod driver;
 mod executed;
 pub mod fanout;
@@ -234,12 +236,13 @@ pub async fn run(
         fan_rx,
         stop.clone(),
     ));
-    let publisher = tokio::spawn(publish::run(node, status_rx.clone(), stop));
+    let publisher = tokio::spawn(publish::run(node.clone(), status_rx.clone(), stop.clone()));
+    let copy = tokio::spawn(copyback::run(node, status_rx.clone(), stop));
     Ok((
         Handle {
             status: status_rx,
             cmds: cmd_tx,
         },
-        vec![driver, fan, publisher],
+        vec![driver, fan, publisher, copy],
     ))
 }

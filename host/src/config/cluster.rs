@@ -40,6 +40,9 @@ pub struct ClusterConfig {
     /// Lab only: a pause in a handback between closing the gate and
     /// moving the key (`[cluster.advanced] handback_delay`).
     pub handback_delay: Duration,
+    /// Lab only: a pause between copy-back batches
+    /// (`[cluster.advanced] copyback_delay`).
+    pub copyback_delay: Duration,
 }
 
 impl ClusterConfig {
@@ -219,6 +222,17 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
             Duration::ZERO
         },
     )?;
+    let copyback_delay = duration(
+        "cluster.advanced.copyback_delay",
+        raw.advanced.copyback_delay.as_deref(),
+        Duration::ZERO,
+        Duration::ZERO,
+        if lab {
+            Duration::from_secs(60)
+        } else {
+            Duration::ZERO
+        },
+    )?;
     if raw.groups.is_empty() || raw.groups.len() > 256 {
         return Err(invalid(
             "cluster.groups",
@@ -279,6 +293,7 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
         lab_timings: lab,
         publish_window,
         handback_delay,
+        copyback_delay,
         table_sync_types: sync_types("cluster.table_sync_types", raw.table_sync_types)?,
     })
 }

@@ -43,6 +43,8 @@ pub(super) struct RawClusterAdvanced {
     /// Lab only: a pause in a handback between closing the gate and
     /// moving the key, so a test can kill the taker in between.
     pub(super) handback_delay: Option<String>,
+    /// Lab only: a pause between copy-back batches.
+    pub(super) copyback_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

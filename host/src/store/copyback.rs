@@ -138,6 +138,16 @@ pub fn last_copied(conn: &Connection) -> Result<i64, StoreError> {
     Ok(super::setting(conn, LAST_KEY)?.unwrap_or(0))
 }
 
+/// The last event id of `group` a cluster's first node acknowledged.
+pub fn last_copied_of(conn: &Connection, group: &str) -> Result<i64, StoreError> {
+    Ok(super::setting(conn, &format!("{LAST_KEY}.{group}"))?.unwrap_or(0))
+}
+
+/// Remember what the first node of `group` acknowledged.
+pub fn set_last_copied_of(conn: &Connection, group: &str, id: i64) -> Result<(), StoreError> {
+    super::set_setting(conn, &format!("{LAST_KEY}.{group}"), id)
+}
+
 /// Remember what the peer acknowledged.
 pub fn set_last_copied(conn: &Connection, id: i64) -> Result<(), StoreError> {
     super::set_setting(conn, LAST_KEY, id)
@@ -152,12 +162,26 @@ pub fn batch(
     after: i64,
     limit: u32,
 ) -> Result<(Vec<CopiedEvent>, Vec<CopiedNotification>), StoreError> {
+    batch_of(conn, node, None, after, limit)
+}
+
+/// [`batch`], only of events whose key a cluster `group` ran here (when
+/// given).
+pub fn batch_of(
+    conn: &Connection,
+    node: &str,
+    group: Option<&str>,
+    after: i64,
+    limit: u32,
+) -> Result<(Vec<CopiedEvent>, Vec<CopiedNotification>), StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, key, name, source, time, received_at, fields, status, replayed, outcome FROM event_log
-         WHERE node = ?1 AND status = 'executed' AND id > ?2 ORDER BY id LIMIT ?3",
+         WHERE node = ?1 AND status = 'executed' AND id > ?2
+           AND (?4 IS NULL OR key IN (SELECT key FROM group_executed WHERE grp = ?4))
+         ORDER BY id LIMIT ?3",
     )?;
     let events: Vec<CopiedEvent> = stmt
-        .query_map(params![node, after, limit], |r| {
+        .query_map(params![node, after, limit, group], |r| {
             Ok(CopiedEvent {
                 id: r.get(0)?,
                 key: r.get(1)?,
