@@ -13,6 +13,18 @@
 //!   group's first node (FAILOVER-OFF, running rules finished, gate
 //!   closed, the key moved in one transaction, the taker's watch fires,
 //!   its gate opens).
+//! - `cluster/publish_lag_5000_per_s`: signals at 5,000/s (batches of 50
+//!   every 10 ms) to `office`; per key, from its execution on `office`
+//!   (`group_executed.at`) to its tombstone on `elementary`
+//!   (`group_tombstone.at`), both read from the nodes' SQLite files. Each
+//!   round prints p50 and p99; criterion reports the mean.
+//! - `cluster/replay_at_takeover`: signals kept as pending for
+//!   `elementary`'s group on `office` only, then kill -9 of `elementary`;
+//!   from office's `took over the group` log line to its `replayed the
+//!   group's pending signals` line, per signal.
+//! - `cluster/ingest` and `pair/ingest`: batches of 500 PANIC signals to
+//!   the node that runs `default` (cluster) and to a pair's primary, per
+//!   signal; the ratio is the issue's figure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -20,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use tandem_tests::cluster::{Cluster, Opts, WAIT, start_cluster};
-use tandem_tests::http::{get, post};
+use tandem_tests::http::{get, post, request};
 
 const HOME: [(&str, &str); 3] = [
     ("default", "office"),
@@ -99,7 +111,198 @@ fn cluster(c: &mut Criterion) {
             total
         })
     });
+    let mut round = 0u32;
+    g.bench_function("publish_lag_5000_per_s", |b| {
+        b.iter_custom(|iters| {
+            round += 1;
+            let office = k.node("office").admin().to_owned();
+            let prefix = format!("lag{round}");
+            let mut sent = 0u64;
+            let start = Instant::now();
+            while sent < iters {
+                let n = (iters - sent).min(50);
+                let batch: Vec<String> = (sent..sent + n)
+                    .map(|i| format!(r#"{{"name": "PANIC-9", "key": "{prefix}-{i}"}}"#))
+                    .collect();
+                let a = request(
+                    "POST",
+                    &office,
+                    "/api/v1/signals",
+                    Some("ingest"),
+                    format!("[{}]", batch.join(",")).as_bytes(),
+                );
+                assert_eq!(a.status, 202, "{}", a.body);
+                sent += n;
+                // 5,000 signals/s: 50 every 10 ms.
+                let due = start + Duration::from_micros(sent * 200);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let el = rusqlite::Connection::open(k.node("elementary").db()).unwrap();
+            let like = format!("{prefix}-%");
+            let t = Instant::now();
+            loop {
+                let n: i64 = el
+                    .query_row(
+                        "SELECT count(*) FROM group_tombstone WHERE grp = 'default' AND key LIKE ?1",
+                        [&like],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                if n as u64 >= iters {
+                    break;
+                }
+                assert!(t.elapsed() < WAIT, "tombstones missing: {n} of {iters}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let of = rusqlite::Connection::open(k.node("office").db()).unwrap();
+            let mut lags: Vec<i64> = Vec::new();
+            let mut st = el
+                .prepare("SELECT key, at FROM group_tombstone WHERE grp = 'default' AND key LIKE ?1")
+                .unwrap();
+            let tomb: std::collections::HashMap<String, i64> = st
+                .query_map([&like], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            let mut st = of
+                .prepare("SELECT key, at FROM group_executed WHERE grp = 'default' AND key LIKE ?1")
+                .unwrap();
+            for r in st
+                .query_map([&like], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .unwrap()
+            {
+                let (key, at) = r.unwrap();
+                if let Some(t) = tomb.get(&key) {
+                    lags.push((t - at).max(0));
+                }
+            }
+            lags.sort_unstable();
+            let pick = |q: f64| lags[((lags.len() as f64 * q) as usize).min(lags.len() - 1)];
+            println!(
+                "publish lag, {} keys at 5000/s: p50 {} ms, p99 {} ms",
+                lags.len(),
+                pick(0.5),
+                pick(0.99)
+            );
+            Duration::from_millis(lags.iter().sum::<i64>() as u64)
+        })
+    });
+    g.bench_function("replay_at_takeover", |b| {
+        b.iter_custom(|iters| {
+            round += 1;
+            // Pending on office only: elementary never sees them.
+            let office = k.node("office").admin().to_owned();
+            let mut sent = 0u64;
+            while sent < iters {
+                let n = (iters - sent).min(500);
+                let batch: Vec<String> = (sent..sent + n)
+                    .map(|i| format!(r#"{{"name": "PANIC-8", "key": "rp{round}-{i}"}}"#))
+                    .collect();
+                let a = request(
+                    "POST",
+                    &office,
+                    "/api/v1/signals",
+                    Some("ingest"),
+                    format!("[{}]", batch.join(",")).as_bytes(),
+                );
+                assert_eq!(a.status, 202, "{}", a.body);
+                sent += n;
+            }
+            let log_before = k.node("office").log().len();
+            k.node_mut("elementary").kill9();
+            let t = Instant::now();
+            let (took, replayed) = loop {
+                let log = k.node("office").log();
+                let fresh = &log[log_before.min(log.len())..];
+                let at = |needle: &str| {
+                    fresh
+                        .lines()
+                        .find(|l| l.contains(needle) && l.contains("elementary"))
+                        .and_then(seconds_of_day)
+                };
+                if let (Some(a), Some(b)) = (
+                    at("took over the group"),
+                    at("replayed the group's pending signals"),
+                ) {
+                    break (a, b);
+                }
+                assert!(t.elapsed() < WAIT, "no replay in office's log");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            k.node_mut("elementary").restart();
+            k.wait_owners(&HOME, WAIT);
+            Duration::from_secs_f64((replayed - took).max(0.0))
+        })
+    });
+    g.bench_function("ingest", |b| {
+        b.iter_custom(|iters| ingest(k.node("office").admin(), iters, "ci"))
+    });
+    drop(k);
+    let pair = tandem_tests::pair::start_pair(
+        tandem_tests::pair::Opts {
+            rules: vec![("panic", "panic_button", "")],
+            ..Default::default()
+        },
+        None,
+    );
+    tandem_tests::pair::wait_normal(&pair);
+    g.bench_function("pair_ingest", |b| {
+        b.iter_custom(|iters| ingest(pair.p.admin(), iters, "pi"))
+    });
     g.finish();
+}
+
+/// Keys unique across rounds.
+static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Send `iters` PANIC signals in batches of 500; the time it took.
+fn ingest(admin: &str, iters: u64, prefix: &str) -> Duration {
+    let t = Instant::now();
+    let mut sent = 0u64;
+    while sent < iters {
+        let n = (iters - sent).min(500);
+        let first = NEXT_KEY.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let batch: Vec<String> = (first..first + n)
+            .map(|i| format!(r#"{{"name": "PANIC-7", "key": "{prefix}-{i}"}}"#))
+            .collect();
+        let a = request(
+            "POST",
+            admin,
+            "/api/v1/signals",
+            Some("ingest"),
+            format!("[{}]", batch.join(",")).as_bytes(),
+        );
+        assert_eq!(a.status, 202, "{}", a.body);
+        sent += n;
+    }
+    t.elapsed()
+}
+
+/// The seconds of the day of a log line's timestamp (its first token,
+/// `2026-12-01T01:47:13.957330Z`, after colour codes).
+fn seconds_of_day(line: &str) -> Option<f64> {
+    let clean: String = {
+        let mut out = String::new();
+        let mut esc = false;
+        for ch in line.chars() {
+            match (esc, ch) {
+                (false, '\u{1b}') => esc = true,
+                (true, 'm') => esc = false,
+                (true, _) => {}
+                (false, c) => out.push(c),
+            }
+        }
+        out
+    };
+    let ts = clean.split_whitespace().next()?;
+    let time = ts.split('T').nth(1)?.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
 }
 
 criterion::criterion_group!(benches, cluster);
