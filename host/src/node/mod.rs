@@ -491,13 +491,16 @@ impl Node {
                     |r| r.get(0),
                 )?;
                 crate::store::synclog::prune(c)?;
-                // A cluster member's rows per group, past the retention.
-                c.execute("DELETE FROM group_tombstone WHERE at < ?1", [before])?;
-                c.execute(
-                    "DELETE FROM group_executed WHERE published = 1 AND at < ?1",
-                    [before],
-                )?;
-                c.execute("DELETE FROM group_pending WHERE received_at < ?1", [before])?;
+                // A cluster member's rows per group, past the retention,
+                // unless a failover is open (its replay needs them).
+                if open == 0 {
+                    c.execute("DELETE FROM group_tombstone WHERE at < ?1", [before])?;
+                    c.execute(
+                        "DELETE FROM group_executed WHERE published = 1 AND at < ?1",
+                        [before],
+                    )?;
+                    c.execute("DELETE FROM group_pending WHERE received_at < ?1", [before])?;
+                }
                 let events = if open > 0 {
                     events::prune_settled(c, before)?
                 } else {
