@@ -101,6 +101,8 @@ struct Driver {
     rev_samples: std::collections::VecDeque<(Instant, i64)>,
     /// Gaps in this node's history of executed keys (revisions).
     gaps: Vec<i64>,
+    /// The pruning of executed batches, while it runs.
+    prune_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Start the driver task.
@@ -144,6 +146,7 @@ pub(super) fn start(
         executed_started: false,
         rev_samples: std::collections::VecDeque::new(),
         gaps: Vec::new(),
+        prune_task: None,
     };
     tokio::spawn(d.run(cmds, stop))
 }
@@ -645,8 +648,12 @@ impl Driver {
     }
 
     /// The owner's job: delete its groups' executed batches created before
-    /// the revision it observed `replay_window` ago.
+    /// the revision it observed `replay_window` ago, in a task of its own
+    /// (one at a time) so the driver never waits for it.
     async fn prune_batches(&mut self, client: &Client) {
+        if self.prune_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
         let now = Instant::now();
         let Some(below) = self
             .rev_samples
@@ -658,13 +665,19 @@ impl Driver {
             return;
         };
         let groups: Vec<String> = self.open.keys().cloned().collect();
-        for g in groups {
-            if let Err(e) =
-                executed::prune(&self.node, client, &self.keys, &g, below, self.op_timeout()).await
-            {
-                self.note_error(e);
+        let (node, client, keys, t) = (
+            self.node.clone(),
+            client.clone(),
+            self.keys.clone(),
+            self.op_timeout(),
+        );
+        self.prune_task = Some(tokio::spawn(async move {
+            for g in groups {
+                if let Err(e) = executed::prune(&node, &client, &keys, &g, below, t).await {
+                    tracing::warn!(group = %g, "cluster: pruning executed batches: {e}");
+                }
             }
-        }
+        }));
     }
 
     fn down_since(&self, group: &str) -> i64 {

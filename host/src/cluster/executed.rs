@@ -353,15 +353,19 @@ pub(super) async fn prune(
         .kvs()
         .iter()
         .filter(|kv| kv.create_revision() < below)
-        .take(200)
         .map(|kv| kv.key().to_vec())
         .collect();
-    for k in &old {
+    // One transaction per 100 keys (etcd allows 128 operations in one).
+    for chunk in old.chunks(100) {
+        let ops: Vec<etcd_client::TxnOp> = chunk
+            .iter()
+            .map(|k| etcd_client::TxnOp::delete(k.clone(), None))
+            .collect();
         bounded(
             node.metrics(),
             t,
-            "delete an executed batch",
-            c.delete(k.clone(), None),
+            "delete executed batches",
+            c.txn(etcd_client::Txn::new().and_then(ops)),
         )
         .await?;
     }
