@@ -150,7 +150,18 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
                 })
                 .await;
                 match put {
-                    Ok(_) => mark_published(&node, rows.iter().map(|r| r.0).collect()).await,
+                    Ok(_) => {
+                        let from = rows.iter().map(|r| r.0).min().unwrap_or(0);
+                        let to = rows.iter().map(|r| r.0).max().unwrap_or(0);
+                        let g = group.clone();
+                        if let Err(e) = node
+                            .store()
+                            .write(move |c| groups::mark_published_range(c, &g, from, to))
+                            .await
+                        {
+                            tracing::error!("cluster: cannot mark executed keys as published: {e}");
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!("cluster: could not publish executed keys: {e}");
                         failed = true;

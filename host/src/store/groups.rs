@@ -80,6 +80,22 @@ pub fn mark_published(conn: &mut Connection, seqs: &[u64]) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Mark `group`'s executions with seq in `from..=to` as published: one
+/// statement for a whole batch (a batch holds every unpublished row of its
+/// group in that range).
+pub fn mark_published_range(
+    conn: &Connection,
+    group: &str,
+    from: u64,
+    to: u64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE group_executed SET published = 1 WHERE grp = ?1 AND seq BETWEEN ?2 AND ?3",
+    )?
+    .execute(params![group, from as i64, to as i64])?;
+    Ok(())
+}
+
 const APPLIED_REV: &str = "cluster.applied_rev";
 
 /// The etcd revision up to which executed batches are applied here.
