@@ -72,14 +72,17 @@ impl Node {
                 ran.push((r.group.clone(), r.epoch));
             }
         }
+        // The group row numbers the execution (a cluster member keeps no
+        // pair `executed_key` row).
+        let mut seq = 0;
         for (g, epoch) in &ran {
-            groups::record(tx, g, &signal.key, *epoch, now)?;
+            seq = seq.max(groups::record(tx, g, &signal.key, *epoch, now)?);
         }
         for g in todo.iter().filter(|g| !ran.iter().any(|(r, _)| r == *g)) {
             groups::add_pending(tx, g, &signal.key, signal.id, now)?;
         }
         match outcome {
-            Some(o) if !ran.is_empty() => Ok(Run::Executed(o, exec::record(tx, &signal.key, now)?)),
+            Some(o) if !ran.is_empty() => Ok(Run::Executed(o, seq)),
             _ => Ok(Run::Stored),
         }
     }

@@ -9,17 +9,14 @@ use super::StoreError;
 /// Whether `group` already ran `key`, here or (a tombstone) on another
 /// member.
 pub fn ran(tx: &Transaction<'_>, group: &str, key: &str) -> Result<bool, StoreError> {
-    let here = tx
-        .prepare_cached("SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2")?
+    Ok(tx
+        .prepare_cached(
+            "SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2
+             UNION ALL SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2 LIMIT 1",
+        )?
         .query_row(params![group, key], |_| Ok(()))
         .optional()?
-        .is_some();
-    Ok(here
-        || tx
-            .prepare_cached("SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2")?
-            .query_row(params![group, key], |_| Ok(()))
-            .optional()?
-            .is_some())
+        .is_some())
 }
 
 /// Keys another member executed for `group`: stored as tombstones, and
@@ -51,19 +48,33 @@ pub fn unpublished(
     group: Option<&str>,
     limit: u32,
 ) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, grp, key, at FROM group_executed
-         WHERE published = 0 AND (?1 IS NULL OR grp = ?1) ORDER BY seq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![group, limit], |r| {
+    // Two statements, so each walks the (published, seq) index instead of
+    // scanning the table (an `?1 IS NULL OR` defeats the index).
+    let row = |r: &rusqlite::Row<'_>| {
         Ok((
             r.get::<_, i64>(0)?.max(0) as u64,
             r.get(1)?,
             r.get(2)?,
             r.get(3)?,
         ))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    };
+    let rows = match group {
+        None => conn
+            .prepare_cached(
+                "SELECT seq, grp, key, at FROM group_executed
+                 WHERE published = 0 ORDER BY seq LIMIT ?1",
+            )?
+            .query_map(params![limit], row)?
+            .collect::<Result<_, _>>()?,
+        Some(g) => conn
+            .prepare_cached(
+                "SELECT seq, grp, key, at FROM group_executed
+                 WHERE published = 0 AND grp = ?1 ORDER BY seq LIMIT ?2",
+            )?
+            .query_map(params![g, limit], row)?
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(rows)
 }
 
 /// Mark executions as published.
@@ -162,15 +173,16 @@ pub fn record(
     key: &str,
     epoch: u64,
     at: i64,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     tx.prepare_cached(
         "INSERT INTO group_executed (grp, key, epoch, at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (grp, key) DO NOTHING",
     )?
     .execute(params![group, key, epoch as i64, at])?;
+    let seq = tx.last_insert_rowid().max(0) as u64;
     tx.prepare_cached("DELETE FROM group_pending WHERE grp = ?1 AND key = ?2")?
         .execute(params![group, key])?;
-    Ok(())
+    Ok(seq)
 }
 
 /// Keep `key` (event `event_id`) as pending for `group`.
