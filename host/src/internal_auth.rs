@@ -207,6 +207,22 @@ pub async fn check(
     Ok(claim)
 }
 
+/// Read a signed call's body whole, checked against its [`Claim`] as it
+/// arrives (the caller has bounded `claim.length`).
+pub async fn read_checked(claim: Claim, body: axum::body::Body) -> Result<Vec<u8>, AuthError> {
+    use futures_util::StreamExt;
+    let mut check = BodyCheck::new(claim);
+    let mut bytes = Vec::with_capacity(claim.length as usize);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| AuthError::Body)?;
+        check.update(&chunk)?;
+        bytes.extend_from_slice(&chunk);
+    }
+    check.finish()?;
+    Ok(bytes)
+}
+
 /// Checks a body against its [`Claim`] as it streams in.
 #[derive(Debug)]
 pub struct BodyCheck {

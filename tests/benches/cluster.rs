@@ -32,14 +32,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use tandem_tests::cluster::{Cluster, Opts, WAIT, start_cluster};
+use tandem_tests::cluster::{Cluster, HOME, Opts, WAIT, start_cluster};
 use tandem_tests::http::{get, post, request};
-
-const HOME: [(&str, &str); 3] = [
-    ("default", "office"),
-    ("elementary", "elementary"),
-    ("highschool", "highschool"),
-];
 
 fn failover_on_after(c: &Cluster, since: Instant) -> Option<Instant> {
     c.hook
@@ -132,14 +126,7 @@ fn cluster(c: &mut Criterion) {
                 let batch: Vec<String> = (sent..sent + n)
                     .map(|i| format!(r#"{{"name": "PANIC-8", "key": "rp{round}-{i}"}}"#))
                     .collect();
-                let a = request(
-                    "POST",
-                    &office,
-                    "/api/v1/signals",
-                    Some("ingest"),
-                    format!("[{}]", batch.join(",")).as_bytes(),
-                );
-                assert_eq!(a.status, 202, "{}", a.body);
+                send(&office, &batch);
                 sent += n;
             }
             let log_before = k.node("office").log().len();
@@ -195,14 +182,7 @@ fn cluster(c: &mut Criterion) {
                         )
                     })
                     .collect();
-                let a = request(
-                    "POST",
-                    &office,
-                    "/api/v1/signals",
-                    Some("ingest"),
-                    format!("[{}]", batch.join(",")).as_bytes(),
-                );
-                assert_eq!(a.status, 202, "{}", a.body);
+                send(&office, &batch);
                 sent += n;
                 // 5,000 signals/s: 50 every 10 ms.
                 let due = start + Duration::from_micros(sent * 200);
@@ -281,6 +261,18 @@ fn cluster(c: &mut Criterion) {
     g.finish();
 }
 
+/// POST a batch of signals (JSON objects) for ingest; it must be accepted.
+fn send(admin: &str, batch: &[String]) {
+    let a = request(
+        "POST",
+        admin,
+        "/api/v1/signals",
+        Some("ingest"),
+        format!("[{}]", batch.join(",")).as_bytes(),
+    );
+    assert_eq!(a.status, 202, "{}", a.body);
+}
+
 /// Keys unique across rounds.
 static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -298,14 +290,7 @@ fn ingest(admin: &str, iters: u64, prefix: &str) -> Duration {
                 )
             })
             .collect();
-        let a = request(
-            "POST",
-            admin,
-            "/api/v1/signals",
-            Some("ingest"),
-            format!("[{}]", batch.join(",")).as_bytes(),
-        );
-        assert_eq!(a.status, 202, "{}", a.body);
+        send(admin, &batch);
         sent += n;
     }
     t.elapsed()

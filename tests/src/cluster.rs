@@ -201,6 +201,22 @@ pub struct Opts {
     pub startup_delay: &'static str,
 }
 
+/// Where the three groups of [`DESIGN_GROUPS`] belong: each on its first
+/// node.
+pub const HOME: [(&str, &str); 3] = [
+    ("default", "office"),
+    ("elementary", "elementary"),
+    ("highschool", "highschool"),
+];
+
+/// Cluster tests share the machine's two cores: one at a time in a
+/// binary (the pair tests' lock).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    crate::pair::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
 /// The three groups of DESIGN.md §7.
 pub const DESIGN_GROUPS: &str = "default = [\"office\", \"elementary\", \"highschool\"]\n\
     elementary = [\"elementary\", \"office\", \"highschool\"]\n\

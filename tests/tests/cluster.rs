@@ -5,18 +5,8 @@
 use std::time::{Duration, Instant};
 
 use tandem_tests::cluster::{Cluster, LEASE_TTL, MARGIN, Opts, WAIT, start_cluster, wait_for};
-use tandem_tests::pair::ONE_AT_A_TIME;
+use tandem_tests::cluster::{HOME, one_at_a_time as lock};
 use tandem_tests::webhook::Received;
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-const HOME: [(&str, &str); 3] = [
-    ("default", "office"),
-    ("elementary", "elementary"),
-    ("highschool", "highschool"),
-];
 
 /// The signal a notification was made for.
 fn signal_of(r: &Received) -> serde_json::Value {

@@ -11,17 +11,7 @@ use tandem_tests::cluster::{
 use tandem_tests::http::post;
 use tandem_tests::webhook::Received;
 
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-const HOME: [(&str, &str); 3] = [
-    ("default", "office"),
-    ("elementary", "elementary"),
-    ("highschool", "highschool"),
-];
+use tandem_tests::cluster::{HOME, one_at_a_time as lock};
 
 /// Delivered notifications of `rule`, by signal key.
 fn by_key<'a>(got: &'a [Received], rule: &str) -> BTreeMap<String, Vec<&'a Received>> {

@@ -11,13 +11,12 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
 use crate::cluster::fanout::{self, FanoutError};
 use crate::cluster::{ClusterError, Handle, Status};
-use crate::internal_auth::{self, AuthError, BodyCheck};
+use crate::internal_auth::{self, AuthError};
 use crate::node::Accepted;
 use crate::store::failover::FailoverRow;
 
@@ -241,15 +240,9 @@ pub(super) async fn internal_move(
     if claim.length > MAX_MOVE {
         return Err(ApiError::too_large(format!("at most {MAX_MOVE} bytes")));
     }
-    let mut check = BodyCheck::new(claim);
-    let mut bytes = Vec::new();
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| auth_error(AuthError::Body))?;
-        check.update(&chunk).map_err(auth_error)?;
-        bytes.extend_from_slice(&chunk);
-    }
-    check.finish().map_err(auth_error)?;
+    let bytes = internal_auth::read_checked(claim, body)
+        .await
+        .map_err(auth_error)?;
     let m: MoveRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
     if !h.owns(&m.group) {

@@ -86,52 +86,39 @@ fn fail_on(status: u16, body: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `tandem status`.
-pub fn status(t: &Target) -> anyhow::Result<()> {
+/// `method` `/api/v1/{path}`; the JSON answer, or an error with its
+/// message.
+fn api(t: &Target, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
     let (code, body) = runtime()?.block_on(call(
-        reqwest::Method::GET,
-        format!("{}/api/v1/status", t.admin.trim_end_matches('/')),
+        method,
+        format!("{}/api/v1/{path}", t.admin.trim_end_matches('/')),
         t.token.as_deref(),
         None,
     ))?;
     fail_on(code, &body)?;
+    Ok(body)
+}
+
+/// `tandem status`.
+pub fn status(t: &Target) -> anyhow::Result<()> {
+    let body = get_json(t, "status")?;
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(())
 }
 
 /// GET `/api/v1/{path}`; the JSON answer, or an error with its message.
 pub fn get_json(t: &Target, path: &str) -> anyhow::Result<serde_json::Value> {
-    let (code, body) = runtime()?.block_on(call(
-        reqwest::Method::GET,
-        format!("{}/api/v1/{path}", t.admin.trim_end_matches('/')),
-        t.token.as_deref(),
-        None,
-    ))?;
-    fail_on(code, &body)?;
-    Ok(body)
+    api(t, reqwest::Method::GET, path)
 }
 
 /// POST to `/api/v1/{path}`; the JSON answer, or an error with its message.
 pub fn post_json(t: &Target, path: &str) -> anyhow::Result<serde_json::Value> {
-    let (code, body) = runtime()?.block_on(call(
-        reqwest::Method::POST,
-        format!("{}/api/v1/{path}", t.admin.trim_end_matches('/')),
-        t.token.as_deref(),
-        None,
-    ))?;
-    fail_on(code, &body)?;
-    Ok(body)
+    api(t, reqwest::Method::POST, path)
 }
 
 /// `tandem failback` and `tandem switchover`.
 pub fn pair_command(t: &Target, what: &str) -> anyhow::Result<()> {
-    let (code, body) = runtime()?.block_on(call(
-        reqwest::Method::POST,
-        format!("{}/api/v1/{what}", t.admin.trim_end_matches('/')),
-        t.token.as_deref(),
-        None,
-    ))?;
-    fail_on(code, &body)?;
+    let body = post_json(t, what)?;
     println!("{}", body["result"].as_str().unwrap_or("done"));
     Ok(())
 }

@@ -8,12 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::Status;
-use crate::internal_auth::{self, AuthError, BodyCheck};
+use crate::internal_auth::{self, AuthError};
 use crate::node::Node;
 use crate::shutdown::Listener;
 use crate::store::copyback::{self, CopiedEvent, CopiedNotification};
@@ -173,15 +172,7 @@ pub async fn receive(
     if claim.length > MAX_BODY {
         return Err(CopyError::TooLarge(claim.length));
     }
-    let mut check = BodyCheck::new(claim);
-    let mut bytes = Vec::with_capacity(claim.length as usize);
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| AuthError::Body)?;
-        check.update(&chunk)?;
-        bytes.extend_from_slice(&chunk);
-    }
-    check.finish()?;
+    let bytes = internal_auth::read_checked(claim, body).await?;
     let b: CopyBatch =
         serde_json::from_slice(&bytes).map_err(|e| CopyError::BadBody(e.to_string()))?;
     if !cfg.nodes().contains(&b.node) || b.node == node.config().node.name {

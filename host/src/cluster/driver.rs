@@ -796,13 +796,7 @@ impl Driver {
                 );
             }
         }
-        self.node.gate().open_group(group, epoch as u64);
-        self.note_open(group, epoch);
-        self.open.insert(group.to_owned(), owner);
-        self.node
-            .metrics()
-            .cluster_owned_groups
-            .set(self.open.len() as i64);
+        self.gate_open(group, owner);
         let (since, flag_before) = match &how {
             Opening::TakeOver { raise, down_since } => {
                 if matches!(raise, Some(("FAILOVER-ON", _))) {
@@ -888,6 +882,18 @@ impl Driver {
             Ok(_) => {}
             Err(e) => tracing::error!(group, "cluster: replay failed: {e}"),
         }
+    }
+
+    /// Open `group`'s gate here under `owner`'s epoch, and record it.
+    fn gate_open(&mut self, group: &str, owner: Owner) {
+        let epoch = owner.mod_revision;
+        self.node.gate().open_group(group, epoch as u64);
+        self.note_open(group, epoch);
+        self.open.insert(group.to_owned(), owner);
+        self.node
+            .metrics()
+            .cluster_owned_groups
+            .set(self.open.len() as i64);
     }
 
     fn note_open(&mut self, group: &str, epoch: i64) {
@@ -1128,13 +1134,7 @@ impl Driver {
         // still ours, reopen at the same epoch.
         self.read_view(c.clone()).await?;
         if self.owners.get(group) == Some(&owner) && self.node.gate().within_deadline() {
-            self.node.gate().open_group(group, epoch as u64);
-            self.note_open(group, epoch);
-            self.open.insert(group.to_owned(), owner);
-            self.node
-                .metrics()
-                .cluster_owned_groups
-                .set(self.open.len() as i64);
+            self.gate_open(group, owner);
             tracing::warn!(node = %self.me, group, to, "cluster: handback failed: the group stays here");
             self.raise(
                 "FAILOVER-ON",

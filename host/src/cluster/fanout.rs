@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Status;
 use crate::config::ClusterConfig;
-use crate::internal_auth::{self, AuthError, BodyCheck};
+use crate::internal_auth::{self, AuthError};
 use crate::node::{Accepted, IngestError, Node, SignalInput};
 use crate::shutdown::Listener;
 
@@ -124,15 +124,7 @@ pub async fn receive(
     if claim.length > MAX_BODY {
         return Err(FanoutError::TooLarge(claim.length));
     }
-    let mut check = BodyCheck::new(claim);
-    let mut bytes = Vec::with_capacity(claim.length as usize);
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| AuthError::Body)?;
-        check.update(&chunk)?;
-        bytes.extend_from_slice(&chunk);
-    }
-    check.finish()?;
+    let bytes = internal_auth::read_checked(claim, body).await?;
     let batch: Vec<SignalInput> =
         serde_json::from_slice(&bytes).map_err(|e| FanoutError::BadJson(e.to_string()))?;
     // Copies collapse on the key: a signal without one would run again.

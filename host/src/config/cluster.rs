@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::failover::Failback;
 use super::raw::RawCluster;
-use super::units::{duration, secret, strong_secret, sync_types};
+use super::units::{duration, lab_delay, secret, startup_delay, strong_secret, sync_types};
 use super::{ConfigError, invalid};
 
 /// The group a rule belongs to when it names none.
@@ -162,17 +162,7 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
         )
     })?;
     strong_secret("cluster.secret", "TANDEM_CLUSTER_SECRET", &secret)?;
-    let failback = match raw.failback.as_deref() {
-        None | Some("auto") => Failback::Auto,
-        Some("manual") => Failback::Manual,
-        Some(other) => {
-            return Err(invalid(
-                "cluster.failback",
-                format!("{other:?}"),
-                "\"auto\" or \"manual\"",
-            ));
-        }
-    };
+    let failback = Failback::parse("cluster.failback", raw.failback.as_deref())?;
     let replay_window = duration(
         "cluster.replay_window",
         raw.replay_window.as_deref(),
@@ -180,17 +170,7 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
         lease_ttl,
         Duration::from_secs(7 * 86_400),
     )?;
-    let startup_delay = duration(
-        "cluster.startup_delay",
-        raw.startup_delay.as_deref(),
-        Duration::from_secs(120),
-        if lab {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(10)
-        },
-        Duration::from_secs(1800),
-    )?;
+    let startup_delay = startup_delay("cluster.startup_delay", raw.startup_delay.as_deref(), lab)?;
     let fence_margin = duration(
         "cluster.fence_margin",
         raw.fence_margin.as_deref(),
@@ -211,27 +191,17 @@ pub(super) fn validate(raw: RawCluster, node: &str) -> Result<ClusterConfig, Con
             Duration::from_secs(1)
         },
     )?;
-    let handback_delay = duration(
+    let handback_delay = lab_delay(
         "cluster.advanced.handback_delay",
         raw.advanced.handback_delay.as_deref(),
-        Duration::ZERO,
-        Duration::ZERO,
-        if lab {
-            Duration::from_secs(60)
-        } else {
-            Duration::ZERO
-        },
+        lab,
+        Duration::from_secs(60),
     )?;
-    let copyback_delay = duration(
+    let copyback_delay = lab_delay(
         "cluster.advanced.copyback_delay",
         raw.advanced.copyback_delay.as_deref(),
-        Duration::ZERO,
-        Duration::ZERO,
-        if lab {
-            Duration::from_secs(60)
-        } else {
-            Duration::ZERO
-        },
+        lab,
+        Duration::from_secs(60),
     )?;
     if raw.groups.is_empty() || raw.groups.len() > 256 {
         return Err(invalid(

@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::raw::RawFailover;
-use super::units::{duration, parse_time, secret, strong_secret, sync_types};
+use super::units::{
+    duration, lab_delay, parse_time, secret, startup_delay, strong_secret, sync_types,
+};
 use super::{ConfigError, Role, invalid};
 
 /// This node's place in the pair.
@@ -23,6 +25,17 @@ pub enum Failback {
     Auto,
     /// Only when an operator asks.
     Manual,
+}
+
+impl Failback {
+    /// `auto` (the default) or `manual`, from the key `key`.
+    pub(super) fn parse(key: &str, raw: Option<&str>) -> Result<Failback, ConfigError> {
+        match raw {
+            None | Some("auto") => Ok(Failback::Auto),
+            Some("manual") => Ok(Failback::Manual),
+            Some(other) => Err(invalid(key, format!("{other:?}"), "\"auto\" or \"manual\"")),
+        }
+    }
 }
 
 /// `[failover]` of a pair member, validated.
@@ -189,17 +202,7 @@ pub(super) fn validate(
             ),
         ));
     }
-    let startup_delay = duration(
-        "failover.startup_delay",
-        raw.startup_delay.as_deref(),
-        Duration::from_secs(120),
-        if lab {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(10)
-        },
-        Duration::from_secs(1800),
-    )?;
+    let startup_delay = startup_delay("failover.startup_delay", raw.startup_delay.as_deref(), lab)?;
     let primary_grace = duration(
         "failover.primary_grace",
         raw.primary_grace.as_deref(),
@@ -214,17 +217,7 @@ pub(super) fn validate(
         min(Duration::from_secs(1)),
         Duration::from_secs(7 * 86_400),
     )?;
-    let failback = match raw.failback.as_deref() {
-        None | Some("auto") => Failback::Auto,
-        Some("manual") => Failback::Manual,
-        Some(other) => {
-            return Err(invalid(
-                "failover.failback",
-                format!("{other:?}"),
-                "\"auto\" or \"manual\"",
-            ));
-        }
-    };
+    let failback = Failback::parse("failover.failback", raw.failback.as_deref())?;
     let failback_after = raw.failback_after.unwrap_or(3);
     if !(1..=1000).contains(&failback_after) {
         return Err(invalid(
@@ -308,40 +301,18 @@ pub(super) fn validate(
                 ));
             }
         },
-        copyback_delay: match raw.advanced.copyback_delay.as_deref() {
-            None => Duration::ZERO,
-            Some(_) if !lab => {
-                return Err(invalid(
-                    "failover.advanced.copyback_delay",
-                    "(set)",
-                    "only with lab_timings = true",
-                ));
-            }
-            Some(d) => duration(
-                "failover.advanced.copyback_delay",
-                Some(d),
-                Duration::ZERO,
-                Duration::ZERO,
-                Duration::from_secs(10),
-            )?,
-        },
-        import_delay: match raw.advanced.import_delay.as_deref() {
-            None => Duration::ZERO,
-            Some(_) if !lab => {
-                return Err(invalid(
-                    "failover.advanced.import_delay",
-                    "(set)",
-                    "only with lab_timings = true",
-                ));
-            }
-            Some(d) => duration(
-                "failover.advanced.import_delay",
-                Some(d),
-                Duration::ZERO,
-                Duration::ZERO,
-                Duration::from_secs(60),
-            )?,
-        },
+        copyback_delay: lab_delay(
+            "failover.advanced.copyback_delay",
+            raw.advanced.copyback_delay.as_deref(),
+            lab,
+            Duration::from_secs(10),
+        )?,
+        import_delay: lab_delay(
+            "failover.advanced.import_delay",
+            raw.advanced.import_delay.as_deref(),
+            lab,
+            Duration::from_secs(60),
+        )?,
     })
 }
 

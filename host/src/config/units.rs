@@ -146,6 +146,41 @@ pub(super) fn secret(
     }
 }
 
+/// `startup_delay` of a pair or cluster member: 2 minutes by default, 10 s
+/// to 30 min (from 0 with lab timings).
+pub(super) fn startup_delay(
+    key: &str,
+    raw: Option<&str>,
+    lab: bool,
+) -> Result<Duration, ConfigError> {
+    duration(
+        key,
+        raw,
+        Duration::from_secs(120),
+        if lab {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(10)
+        },
+        Duration::from_secs(1800),
+    )
+}
+
+/// A lab-only pause (tests use it to kill a node mid-way): 0 when absent,
+/// refused without `lab_timings`, up to `max`.
+pub(super) fn lab_delay(
+    key: &str,
+    raw: Option<&str>,
+    lab: bool,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    match raw {
+        None => Ok(Duration::ZERO),
+        Some(_) if !lab => Err(invalid(key, "(set)", "only with lab_timings = true")),
+        Some(d) => duration(key, Some(d), Duration::ZERO, Duration::ZERO, max),
+    }
+}
+
 /// Table types to sync (`all` when absent), each a known one.
 pub(super) fn sync_types(key: &str, raw: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
     let types = raw.unwrap_or_else(|| vec!["all".to_owned()]);
