@@ -153,6 +153,8 @@ impl Node {
             }
         };
         self.after_commit(&results, queued);
+        // The owners named in the reply: looked up once per signal name.
+        let mut owners = std::collections::HashMap::new();
         let mut rules = cluster.then(|| self.lock_rules());
         Ok(results
             .iter()
@@ -160,7 +162,12 @@ impl Node {
                 id: s.id,
                 key: s.key.clone(),
                 executed: matches!(run, Run::Executed(..)),
-                owners: rules.as_mut().map(|r| self.owners_for(r, &s.name)),
+                owners: rules.as_mut().map(|r| {
+                    owners
+                        .entry(s.name.as_str())
+                        .or_insert_with(|| self.owners_for(r, &s.name))
+                        .clone()
+                }),
             })
             .collect())
     }

@@ -174,14 +174,29 @@ pub fn batch_of(
     after: i64,
     limit: u32,
 ) -> Result<(Vec<CopiedEvent>, Vec<CopiedNotification>), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, key, name, source, time, received_at, fields, status, replayed, outcome FROM event_log
-         WHERE node = ?1 AND status = 'executed' AND id > ?2
-           AND (?4 IS NULL OR key IN (SELECT key FROM group_executed WHERE grp = ?4))
-         ORDER BY id LIMIT ?3",
-    )?;
+    // A group's batch starts from the group's executions here (its
+    // (grp, key) index, then each event by key): starting from this node's
+    // executed events would walk all of them, every group's, at each look.
+    let mut stmt = match group {
+        None => conn.prepare_cached(
+            "SELECT id, key, name, source, time, received_at, fields, status, replayed, outcome
+             FROM event_log WHERE node = ?1 AND status = 'executed' AND id > ?2
+             ORDER BY id LIMIT ?3",
+        )?,
+        Some(_) => conn.prepare_cached(
+            "SELECT e.id, e.key, e.name, e.source, e.time, e.received_at, e.fields, e.status,
+                    e.replayed, e.outcome
+             FROM group_executed g CROSS JOIN event_log e ON e.key = g.key
+             WHERE g.grp = ?4 AND e.node = ?1 AND +e.status = 'executed' AND +e.id > ?2
+             ORDER BY e.id LIMIT ?3",
+        )?,
+    };
+    let mut args = params![node, after, limit].to_vec();
+    if let Some(g) = &group {
+        args.push(g);
+    }
     let events: Vec<CopiedEvent> = stmt
-        .query_map(params![node, after, limit, group], |r| {
+        .query_map(&*args, |r| {
             Ok(CopiedEvent {
                 id: r.get(0)?,
                 key: r.get(1)?,

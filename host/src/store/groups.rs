@@ -48,8 +48,9 @@ pub fn unpublished(
     group: Option<&str>,
     limit: u32,
 ) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
-    // Two statements, so each walks the (published, seq) index instead of
-    // scanning the table (an `?1 IS NULL OR` defeats the index).
+    // Two statements, so each walks the partial index of unpublished rows
+    // (an `?1 IS NULL OR` defeats it; `+grp` keeps the planner off the
+    // group's (grp, key) index, which would visit every row of the group).
     let row = |r: &rusqlite::Row<'_>| {
         Ok((
             r.get::<_, i64>(0)?.max(0) as u64,
@@ -69,7 +70,7 @@ pub fn unpublished(
         Some(g) => conn
             .prepare_cached(
                 "SELECT seq, grp, key, at FROM group_executed
-                 WHERE published = 0 AND grp = ?1 ORDER BY seq LIMIT ?2",
+                 WHERE published = 0 AND +grp = ?1 ORDER BY seq LIMIT ?2",
             )?
             .query_map(params![g, limit], row)?
             .collect::<Result<_, _>>()?,
@@ -100,8 +101,10 @@ pub fn mark_published_range(
     from: u64,
     to: u64,
 ) -> Result<(), StoreError> {
+    // `+grp`: walk the seq range (the rowid), not every row of the group
+    // through the (grp, key) index, which the planner would otherwise pick.
     conn.prepare_cached(
-        "UPDATE group_executed SET published = 1 WHERE grp = ?1 AND seq BETWEEN ?2 AND ?3",
+        "UPDATE group_executed SET published = 1 WHERE seq BETWEEN ?2 AND ?3 AND +grp = ?1",
     )?
     .execute(params![group, from as i64, to as i64])?;
     Ok(())

@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/002_exactly_once.sql"),
     include_str!("sql/003_hardening.sql"),
     include_str!("sql/004_cluster.sql"),
+    include_str!("sql/005_unpublished_index.sql"),
 ];
 
 /// The schema version this build writes.
