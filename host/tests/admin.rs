@@ -544,3 +544,257 @@ async fn prune_drops_rows_past_the_retention() {
         "ids 1 and 2 were handed out before"
     );
 }
+
+/// A person body.
+fn person(address: &str) -> String {
+    serde_json::json!({ "address": address }).to_string()
+}
+
+#[tokio::test]
+async fn contacts_persons_groups_and_members_with_each_bad_field_named() {
+    let h = node(true);
+    let admin = Some("admin");
+    // Create, read, update.
+    let (s, v) = call(
+        &h,
+        "POST",
+        "/api/v1/persons",
+        admin,
+        r#"{"name": "ann", "address": "ann@example.org", "addresses": {"sms": "+15550100"}}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["addresses"]["sms"], "+15550100");
+    let (s, _) = call(
+        &h,
+        "PUT",
+        "/api/v1/persons/bob",
+        admin,
+        person("bob@example.org"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = call(
+        &h,
+        "PUT",
+        "/api/v1/persons/bob",
+        admin,
+        person("b2@example.org"),
+    )
+    .await;
+    assert_eq!(
+        (s, v["address"].as_str()),
+        (StatusCode::OK, Some("b2@example.org"))
+    );
+    // Each refusal names its field, and writes nothing.
+    for (method, uri, body, field, code) in [
+        (
+            "POST",
+            "/api/v1/persons",
+            r#"{"name": "ann", "address": "a@example.org"}"#,
+            "name",
+            "duplicate_name",
+        ),
+        (
+            "POST",
+            "/api/v1/persons",
+            r#"{"name": "cy", "address": "cy@"}"#,
+            "address",
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/v1/persons",
+            r#"{"name": "cy", "addresses": {"email": "cy at example"}}"#,
+            "addresses",
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/v1/persons",
+            r#"{"name": "c:y", "address": "cy@example.org"}"#,
+            "name",
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/v1/persons",
+            r#"{"name": "cy"}"#,
+            "address",
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/v1/groups",
+            r#"{"name": "it", "members": ["ann", "zed"]}"#,
+            "members",
+            "invalid_field",
+        ),
+        (
+            "POST",
+            "/api/v1/groups",
+            r#"{"name": ""}"#,
+            "name",
+            "invalid_field",
+        ),
+    ] {
+        let (s, v) = call(&h, method, uri, admin, body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(
+            (v["field"].as_str(), v["code"].as_str()),
+            (Some(field), Some(code)),
+            "{body}: {v}"
+        );
+    }
+    // Not JSON, unknown fields, a wrong type: 400 too.
+    for body in [
+        "{",
+        r#"{"name": "cy", "address": "cy@example.org", "admin": true}"#,
+        r#"{"name": 7}"#,
+    ] {
+        let (s, v) = call(&h, "POST", "/api/v1/persons", admin, body).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_body")),
+            "{body}"
+        );
+    }
+    let (_, v) = call(&h, "GET", "/api/v1/persons", admin, Body::empty()).await;
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    let (_, v) = call(&h, "GET", "/api/v1/groups", admin, Body::empty()).await;
+    assert_eq!(v, serde_json::json!([]));
+    // Groups and members.
+    let (s, v) = call(
+        &h,
+        "POST",
+        "/api/v1/groups",
+        admin,
+        r#"{"name": "it", "members": ["ann"]}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, &v["members"]),
+        (StatusCode::CREATED, &serde_json::json!(["ann"]))
+    );
+    let (s, v) = call(
+        &h,
+        "POST",
+        "/api/v1/groups/it/members",
+        admin,
+        r#"{"person": "bob"}"#,
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, serde_json::json!(["ann", "bob"])));
+    let (s, v) = call(
+        &h,
+        "POST",
+        "/api/v1/groups/it/members",
+        admin,
+        r#"{"person": "zed"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, v["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("members"))
+    );
+    let (_, v) = call(&h, "GET", "/api/v1/persons/ann", admin, Body::empty()).await;
+    assert_eq!(v["groups"], serde_json::json!(["it"]));
+    let (s, v) = call(
+        &h,
+        "DELETE",
+        "/api/v1/groups/it/members/ann",
+        admin,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, serde_json::json!(["bob"])));
+    let (s, _) = call(
+        &h,
+        "DELETE",
+        "/api/v1/groups/it/members/ann",
+        admin,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = call(
+        &h,
+        "PUT",
+        "/api/v1/groups/it/members",
+        admin,
+        r#"["ann", "bob"]"#,
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, serde_json::json!(["ann", "bob"])));
+    let (s, _) = call(
+        &h,
+        "GET",
+        "/api/v1/groups/nope/members",
+        admin,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Deleting a person takes them out of their groups.
+    let (s, _) = call(&h, "DELETE", "/api/v1/persons/bob", admin, Body::empty()).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, v) = call(&h, "GET", "/api/v1/groups/it", admin, Body::empty()).await;
+    assert_eq!(v["members"], serde_json::json!(["ann"]));
+    let (s, _) = call(&h, "DELETE", "/api/v1/groups/it", admin, Body::empty()).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(&h, "DELETE", "/api/v1/groups/it", admin, Body::empty()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The ingest token cannot touch contacts.
+    let (s, _) = call(&h, "GET", "/api/v1/persons", Some("ingest"), Body::empty()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn contacts_are_read_only_on_a_secondary_that_syncs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"[node]
+name = "wat4120"
+data_dir = "{}"
+[admin]
+token = "admin"
+[failover]
+role = "secondary"
+rank = 2
+primary = "dev4120"
+secondary = "wat4120"
+listen = "127.0.0.1:0"
+peer_admin = "http://127.0.0.1:1"
+secret = "k3Jq9ZxV2mWp7RtL0sYb4NcH8eGdF6uA"
+table_sync_types = ["contact"]
+"#,
+        dir.path().display()
+    );
+    let h = Harness {
+        node: Node::open(Config::parse(&text).unwrap(), Gate::new(false)).unwrap(),
+        _dir: dir,
+    };
+    for (method, uri, body) in [
+        (
+            "POST",
+            "/api/v1/persons",
+            r#"{"name": "ann", "address": "ann@example.org"}"#,
+        ),
+        (
+            "PUT",
+            "/api/v1/persons/ann",
+            r#"{"address": "ann@example.org"}"#,
+        ),
+        ("DELETE", "/api/v1/persons/ann", ""),
+        ("POST", "/api/v1/groups", r#"{"name": "it"}"#),
+        ("PUT", "/api/v1/groups/it/members", "[]"),
+        ("DELETE", "/api/v1/groups/it", ""),
+    ] {
+        let (s, v) = call(&h, method, uri, Some("admin"), body).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{method} {uri}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("dev4120"), "{v}");
+    }
+    // Reading is fine.
+    let (s, _) = call(&h, "GET", "/api/v1/persons", Some("admin"), Body::empty()).await;
+    assert_eq!(s, StatusCode::OK);
+}

@@ -239,6 +239,30 @@ fn sync_on_change_follows_a_rule_change_and_a_types_mismatch_is_refused() {
         get(pair.s.admin(), "/api/v1/rules/k", Some("admin")).json()["config"]["to"]
             == "changed@example.org"
     });
+    // A contact change through the API syncs the same way, and the
+    // secondary refuses contact changes, naming the primary.
+    for (path, body) in [
+        (
+            "/api/v1/persons",
+            r#"{"name": "ann", "address": "ann@example.org"}"#,
+        ),
+        ("/api/v1/groups", r#"{"name": "it", "members": ["ann"]}"#),
+    ] {
+        let a = post(pair.p.admin(), path, Some("admin"), body);
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    wait_until("the group on the secondary", WAIT, || {
+        get(pair.s.admin(), "/api/v1/groups/it", Some("admin")).json()["members"]
+            == serde_json::json!(["ann"])
+    });
+    let refused = post(
+        pair.s.admin(),
+        "/api/v1/persons",
+        Some("admin"),
+        r#"{"name": "bob", "address": "bob@example.org"}"#,
+    );
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("dev4120"), "{}", refused.body);
     drop(pair);
 
     // Different table_sync_types on the two nodes: refused, with both lists.

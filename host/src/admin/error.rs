@@ -13,6 +13,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The request field a 400 is about, when one is (`"field"` in the
+    /// body).
+    pub field: Option<&'static str>,
 }
 
 impl ApiError {
@@ -21,7 +24,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
+    }
+
+    /// Name the request field this error is about.
+    pub fn with_field(mut self, field: Option<&'static str>) -> Self {
+        self.field = field;
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -43,11 +53,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({"error": self.message, "code": self.code})),
-        )
-            .into_response()
+        let mut body = serde_json::json!({"error": self.message, "code": self.code});
+        if let Some(f) = self.field {
+            body["field"] = f.into();
+        }
+        (self.status, Json(body)).into_response()
     }
 }
 

@@ -10,10 +10,12 @@
 //! - `status`: `/status`, `/metrics`, `/api/v1/status`;
 //! - `signals`: ingest; `rules`: rules and scripts;
 //! - `history`: events, notifications, failovers;
+//! - `contacts`: persons, groups and their members;
 //! - `pair`: failback, switchover, sync; `internal`: the peer's calls;
 //! - `cluster`: a cluster member's API and its members' signed calls.
 
 mod cluster;
+mod contacts;
 mod error;
 mod history;
 mod internal;
@@ -80,6 +82,34 @@ pub fn app_with(
         .route("/failback", post(pair::failback))
         .route("/switchover", post(pair::switchover))
         .route("/sync", post(pair::sync_now))
+        .route(
+            "/persons",
+            get(contacts::list_persons).post(contacts::create_person),
+        )
+        .route(
+            "/persons/{name}",
+            get(contacts::get_person)
+                .put(contacts::put_person)
+                .delete(contacts::delete_person),
+        )
+        .route(
+            "/groups",
+            get(contacts::list_groups).post(contacts::create_group),
+        )
+        .route(
+            "/groups/{name}",
+            get(contacts::get_group).delete(contacts::delete_group),
+        )
+        .route(
+            "/groups/{name}/members",
+            get(contacts::get_members)
+                .post(contacts::add_members)
+                .put(contacts::put_members),
+        )
+        .route(
+            "/groups/{name}/members/{person}",
+            axum::routing::delete(contacts::remove_member),
+        )
         .route("/cluster", get(cluster::get_cluster))
         .route("/cluster/failback", post(cluster::failback))
         .route("/cluster/switchover", post(cluster::switchover))
@@ -165,9 +195,13 @@ fn state_name(active: bool) -> &'static str {
 }
 
 /// 409 when tables of `table_type` are synced to this node from the
-/// primary: change them there.
+/// primary (or, in a cluster, from the publisher): change them there.
 fn read_only(node: &Node, table_type: &str, what: &str) -> Result<(), ApiError> {
-    if node.config().cluster.is_some()
+    if let Some(cluster) = node.config().cluster.as_ref()
+        && cluster
+            .table_sync_types
+            .iter()
+            .any(|t| t == "all" || t == table_type)
         && let Some((publisher, _)) = node.publisher()
         && publisher != node.config().node.name
     {
