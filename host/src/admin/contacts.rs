@@ -46,7 +46,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, ApiErr
 
 /// A contact change: refused where contacts are synced here; then `f` in
 /// one write; then `sync_on_change` told.
-async fn change<R: Send + 'static>(
+pub(super) async fn change<R: Send + 'static>(
     node: &AppState,
     f: impl FnOnce(&mut rusqlite::Connection) -> Result<R, ContactError> + Send + 'static,
 ) -> Result<R, ApiError> {

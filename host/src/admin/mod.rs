@@ -12,9 +12,11 @@
 //! - `history`: events, notifications, failovers;
 //! - `contacts`: persons, groups and their members;
 //! - `pair`: failback, switchover, sync; `internal`: the peer's calls;
-//! - `cluster`: a cluster member's API and its members' signed calls.
+//! - `cluster`: a cluster member's API and its members' signed calls;
+//! - `console`: the operators' web console at `/ui/`.
 
 mod cluster;
+mod console;
 mod contacts;
 mod error;
 mod history;
@@ -131,6 +133,7 @@ pub fn app_with(
             crate::cluster::copyback::PATH,
             post(cluster::internal_copyback),
         )
+        .merge(console::routes(node.clone(), failover.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(Extension(failover))
         .layer(Extension(cluster))

@@ -161,6 +161,12 @@ pub(super) async fn api_status(
     State(node): State<AppState>,
     Extension(failover): Pair,
 ) -> Json<ApiStatus> {
+    Json(full_status(&node, &failover).await)
+}
+
+/// The full picture of `GET /api/v1/status` (also the console's Status
+/// page).
+pub(crate) async fn full_status(node: &AppState, failover: &Option<Failover>) -> ApiStatus {
     let rules = node.rule_status_async().await;
     let mut last_reload_errors = node.last_reload().errors;
     last_reload_errors.extend(
@@ -168,14 +174,14 @@ pub(super) async fn api_status(
             .into_iter()
             .map(|(rule, e)| format!("rule `{rule}`: {e}")),
     );
-    let (active, fs, epoch) = role_state(&node, &failover);
+    let (active, fs, epoch) = role_state(node, failover);
     let view = failover.as_ref().map(Failover::view);
     let last_sync = node
         .store()
         .read(crate::store::synclog::last)
         .await
         .unwrap_or(None);
-    Json(ApiStatus {
+    ApiStatus {
         node: node.config().node.name.clone(),
         role: node.config().role.as_str(),
         state: state_name(active),
@@ -210,5 +216,5 @@ pub(super) async fn api_status(
             memory_bytes: node.engine().budget().used(),
         },
         last_sync,
-    })
+    }
 }

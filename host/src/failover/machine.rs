@@ -300,7 +300,7 @@ impl Machine {
                     fx.push(Effect::Connect);
                 }
                 let hb = u64::from(self.settings.heartbeat_every.max(1));
-                if self.link_up && self.checks % hb == 0 {
+                if self.link_up && self.checks.is_multiple_of(hb) {
                     fx.push(Effect::Send(Message::Status(self.status())));
                 }
             }
