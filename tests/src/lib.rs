@@ -129,6 +129,7 @@ pub fn assemble(wat_file: &Path, dir: &Path) -> PathBuf {
     out
 }
 
+pub mod browser;
 pub mod cluster;
 pub mod http;
 pub mod node;

@@ -133,7 +133,11 @@ pub fn app_with(
             crate::cluster::copyback::PATH,
             post(cluster::internal_copyback),
         )
-        .merge(console::routes(node.clone(), failover.clone()))
+        .merge(console::routes(
+            node.clone(),
+            failover.clone(),
+            cluster.clone(),
+        ))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(Extension(failover))
         .layer(Extension(cluster))

@@ -51,7 +51,7 @@ pub(super) async fn switchover(Extension(failover): Pair) -> Result<Json<Command
     pair_command(failover, Command::Switchover).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(super) struct SyncQuery {
     #[serde(default)]
     force: bool,

@@ -233,6 +233,24 @@ pub fn prune(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
     )?)
 }
 
+/// The newest notifications made by this node (`node` = `me`) or, with
+/// `others`, those copied here from other nodes; optionally of one
+/// `status`; at most `limit`.
+pub fn list_by_origin(
+    conn: &Connection,
+    me: &str,
+    others: bool,
+    status: Option<&str>,
+    limit: u32,
+) -> Result<Vec<NotificationView>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM notification WHERE (node = ?1) = ?2 AND (?3 IS NULL OR status = ?3)
+         ORDER BY created_at DESC, id LIMIT ?4"
+    ))?;
+    let rows = stmt.query_map(params![me, !others, status, limit], view)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Resolve a recipient for a channel: `group:NAME` to its members'
 /// addresses, `person:NAME` to the person's address. `None` when the group
 /// or person is unknown or the group is empty: the caller keeps the

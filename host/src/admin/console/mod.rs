@@ -6,16 +6,18 @@
 //! SameSite=Strict, expiring: [`session`]). Every form carries the
 //! session's CSRF token, and a post whose `Origin` is another site, or
 //! whose browser says it is cross-site, is refused before its token is
-//! even looked at. Pages: Status, Events, Contacts. Every page says which
-//! node it is and whether it is active.
+//! even looked at. Pages: Status, Failover, Cluster, Rules, Events,
+//! Notifications, Contacts ([`pages`] has the middle ones). Every page
+//! says which node it is and whether it is active.
 
+mod pages;
 mod session;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -34,6 +36,7 @@ use crate::store::events::{self, EventView};
 struct Console {
     node: Arc<Node>,
     failover: Option<Failover>,
+    cluster: Option<crate::cluster::Handle>,
     /// The session key, or why there is none (every page then says so).
     sessions: Result<Arc<Sessions>, String>,
 }
@@ -43,6 +46,7 @@ struct Console {
 pub(super) fn routes<S: Clone + Send + Sync + 'static>(
     node: Arc<Node>,
     failover: Option<Failover>,
+    cluster: Option<crate::cluster::Handle>,
 ) -> Router<S> {
     let sessions = Sessions::open(&node.config().node.data_dir)
         .map(Arc::new)
@@ -53,6 +57,7 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>(
     let state = Console {
         node,
         failover,
+        cluster,
         sessions,
     };
     Router::new()
@@ -67,6 +72,22 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>(
         .route("/ui/contacts/persons/delete", post(delete_person))
         .route("/ui/contacts/groups", post(add_group))
         .route("/ui/contacts/groups/delete", post(delete_group))
+        .route("/ui/failover", get(pages::failover_page))
+        .route(
+            "/ui/failover/confirm/{command}",
+            get(pages::confirm_failover),
+        )
+        .route("/ui/failover/{command}", post(pages::failover_command))
+        .route("/ui/rules", get(pages::rules_page))
+        .route(
+            "/ui/rules/upload",
+            post(pages::upload_rule).layer(DefaultBodyLimit::max(pages::MAX_UPLOAD)),
+        )
+        .route("/ui/rules/reset", post(pages::reset_rule))
+        .route("/ui/rules/confirm-delete", get(pages::confirm_delete_rule))
+        .route("/ui/rules/delete", post(pages::delete_rule))
+        .route("/ui/notifications", get(pages::notifications_page))
+        .route("/ui/cluster", get(pages::cluster_page))
         .with_state(state)
 }
 
@@ -79,6 +100,8 @@ enum Refusal {
     SignIn,
     /// A post that is not from a page of this node's: 403.
     Forbidden(&'static str),
+    /// A page this node does not have (a pair's on a standalone node...).
+    NotHere(&'static str),
 }
 
 impl IntoResponse for Refusal {
@@ -91,6 +114,7 @@ impl IntoResponse for Refusal {
                 .into_response(),
             Refusal::SignIn => Redirect::to("/ui/login").into_response(),
             Refusal::Forbidden(why) => (StatusCode::FORBIDDEN, why).into_response(),
+            Refusal::NotHere(why) => (StatusCode::NOT_FOUND, why).into_response(),
         }
     }
 }
@@ -101,6 +125,9 @@ struct Chrome {
     /// `active`, `standby` or `fenced`.
     state: &'static str,
     signed_in: bool,
+    /// Whether the node is in a pair (the Failover page) or a cluster.
+    pair: bool,
+    cluster: bool,
     csrf: String,
     error: Option<String>,
     notice: Option<String>,
@@ -120,6 +147,8 @@ impl Console {
             node: self.node.config().node.name.clone(),
             state: if fenced { "fenced" } else { state_name(active) },
             signed_in: session.is_some(),
+            pair: self.failover.is_some(),
+            cluster: self.cluster.is_some(),
             csrf: match (session, self.sessions.as_deref()) {
                 (Some(s), Ok(k)) => k.csrf(s),
                 _ => String::new(),
@@ -302,11 +331,13 @@ async fn status_page(State(c): State<Console>, headers: HeaderMap) -> Response {
     };
     let s = super::status::full_status(&c.node, &c.failover).await;
     let secs = s.uptime_ms / 1000;
-    let peer_state = s
-        .peer
-        .as_ref()
-        .and_then(|p| p.status.as_ref())
-        .map_or_else(|| "unknown".to_owned(), |v| format!("{v:?}"));
+    // The peer's FS as it last reported it: 1 is active.
+    let peer_state = match s.peer.as_ref().and_then(|p| p.status.as_ref()) {
+        Some(v) if v.fs == 1 => "active",
+        Some(_) => "standby",
+        None => "unknown",
+    }
+    .to_owned();
     render(
         &StatusPage {
             chrome: c.chrome(Some(&session)),
