@@ -306,3 +306,59 @@ async fn what_signals_and_contacts_put_on_a_page_shows_as_text() {
         "{events}"
     );
 }
+
+#[tokio::test]
+async fn events_filter_by_name_glob_key_and_status_newest_first() {
+    let h = node();
+    let cookie = sign_in(&h).await;
+    let batch = serde_json::json!([
+        {"name": "DOOR-1", "key": "k-door-1"},
+        {"name": "DOOR-2", "key": "k-door-2"},
+        {"name": "PANIC-1", "key": "k-panic-1"},
+    ]);
+    let a = call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        &[
+            ("authorization", "Bearer ingest"),
+            ("content-type", "application/json"),
+        ],
+        &batch.to_string(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+    let page = |q: &'static str| {
+        let cookie = cookie.clone();
+        let h = &h;
+        async move {
+            call(
+                h,
+                "GET",
+                &format!("/ui/events{q}"),
+                &[("cookie", &cookie)],
+                "",
+            )
+            .await
+            .body
+        }
+    };
+    let all = page("").await;
+    let (d1, d2, p1) = (
+        all.find("k-door-1").unwrap(),
+        all.find("k-door-2").unwrap(),
+        all.find("k-panic-1").unwrap(),
+    );
+    assert!(p1 < d2 && d2 < d1, "newest first");
+    let doors = page("?name=DOOR-*").await;
+    assert!(
+        doors.contains("k-door-1") && doors.contains("k-door-2") && !doors.contains("k-panic-1")
+    );
+    let one = page("?key=k-door-2").await;
+    assert!(one.contains("k-door-2") && !one.contains("k-door-1"));
+    let none = page("?status=pending").await;
+    assert!(!none.contains("k-door-1"), "{none}");
+    // An unknown status is no filter, not an error.
+    let any = page("?status=%3Cbogus%3E").await;
+    assert!(any.contains("k-door-1") && !any.contains("<bogus>"));
+}

@@ -205,6 +205,11 @@ fn a_pair_operated_from_the_browser() {
         let (code, _) = tandem_tests::pair::status(&pair.s);
         assert_eq!(code, 200, "the secondary is active now");
         b.screenshot("status-after-switchover").await;
+        // The same page on a phone's screen.
+        b.client.set_window_size(390, 844).await.expect("resize");
+        b.goto(&format!("{p}/ui/")).await;
+        b.screenshot("status-phone").await;
+        b.client.set_window_size(1280, 900).await.expect("resize");
 
         // The secondary's console: its own sign-in, contacts read-only
         // (synced from the primary), and the copied rows.

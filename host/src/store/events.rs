@@ -81,6 +81,57 @@ pub struct EventView {
     pub outcome: serde_json::Value,
 }
 
+/// What the console's Events page filters on (each `None`: any).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// A glob on the signal name (`DOOR-*`, `PANIC-?`).
+    pub name: Option<String>,
+    pub key: Option<String>,
+    /// `executed`, `pending`, `covered` or `suppressed`.
+    pub status: Option<String>,
+    /// Only events that were replayed.
+    pub replayed: bool,
+}
+
+/// The newest `limit` events that pass `f`, newest first.
+pub fn recent(
+    conn: &Connection,
+    f: &EventFilter,
+    limit: u32,
+) -> Result<Vec<EventView>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, key, name, source, time, received_at, fields, node, status, replayed, outcome
+         FROM event_log WHERE (?1 IS NULL OR name GLOB ?1) AND (?2 IS NULL OR key = ?2)
+           AND (?3 IS NULL OR status = ?3) AND (?4 = 0 OR replayed = 1)
+         ORDER BY id DESC LIMIT ?5",
+    )?;
+    let rows = stmt.query_map(
+        params![f.name, f.key, f.status, f.replayed, limit],
+        event_view,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn event_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventView> {
+    let fields: String = r.get(6)?;
+    let outcome: Option<String> = r.get(10)?;
+    Ok(EventView {
+        id: r.get::<_, i64>(0)? as u64,
+        key: r.get(1)?,
+        name: r.get(2)?,
+        source: r.get(3)?,
+        time: r.get(4)?,
+        received_at: r.get(5)?,
+        fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::Null),
+        node: r.get(7)?,
+        status: r.get(8)?,
+        replayed: r.get(9)?,
+        outcome: outcome
+            .and_then(|o| serde_json::from_str(&o).ok())
+            .unwrap_or(serde_json::Value::Null),
+    })
+}
+
 /// Events with an id above `after`, oldest first, at most `limit`;
 /// optionally only those with signal name `name`.
 pub fn list(
@@ -93,25 +144,7 @@ pub fn list(
         "SELECT id, key, name, source, time, received_at, fields, node, status, replayed, outcome
          FROM event_log WHERE id > ?1 AND (?2 IS NULL OR name = ?2) ORDER BY id LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![after as i64, name, limit], |r| {
-        let fields: String = r.get(6)?;
-        let outcome: Option<String> = r.get(10)?;
-        Ok(EventView {
-            id: r.get::<_, i64>(0)? as u64,
-            key: r.get(1)?,
-            name: r.get(2)?,
-            source: r.get(3)?,
-            time: r.get(4)?,
-            received_at: r.get(5)?,
-            fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::Null),
-            node: r.get(7)?,
-            status: r.get(8)?,
-            replayed: r.get(9)?,
-            outcome: outcome
-                .and_then(|o| serde_json::from_str(&o).ok())
-                .unwrap_or(serde_json::Value::Null),
-        })
-    })?;
+    let rows = stmt.query_map(params![after as i64, name, limit], event_view)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

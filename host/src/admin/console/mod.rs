@@ -321,6 +321,7 @@ struct StatusPage {
     chrome: Chrome,
     s: super::ApiStatus,
     uptime: String,
+    heartbeat: String,
     peer_state: String,
 }
 
@@ -342,6 +343,11 @@ async fn status_page(State(c): State<Console>, headers: HeaderMap) -> Response {
         &StatusPage {
             chrome: c.chrome(Some(&session)),
             uptime: format!("{}h {}m {}s", secs / 3600, secs / 60 % 60, secs % 60),
+            heartbeat: s
+                .peer
+                .as_ref()
+                .and_then(|p| p.last_heartbeat)
+                .map_or_else(|| "never".to_owned(), pages::when),
             peer_state,
             s,
         },
@@ -349,10 +355,32 @@ async fn status_page(State(c): State<Console>, headers: HeaderMap) -> Response {
     )
 }
 
+/// The Events page's filters, as the form sends them (empty: any).
 #[derive(Debug, Default, Deserialize)]
 struct EventsFilter {
     #[serde(default)]
     name: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    status: String,
+}
+
+/// The statuses the Events page filters by (`replayed` is a flag of its
+/// own in the log), `""` for any.
+const EVENT_STATUSES: [&str; 6] = [
+    "",
+    "executed",
+    "pending",
+    "covered",
+    "suppressed",
+    "replayed",
+];
+
+/// An event as the page shows it.
+struct EventRow {
+    received: String,
+    e: EventView,
 }
 
 #[derive(Template)]
@@ -360,7 +388,8 @@ struct EventsFilter {
 struct EventsPage {
     chrome: Chrome,
     q: EventsFilter,
-    events: Vec<EventView>,
+    statuses: Vec<(&'static str, bool)>,
+    events: Vec<EventRow>,
 }
 
 async fn events_page(
@@ -372,26 +401,47 @@ async fn events_page(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let name = (!q.name.is_empty()).then(|| q.name.clone());
+    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+    let status = EVENT_STATUSES
+        .iter()
+        .find(|s| **s == q.status)
+        .copied()
+        .unwrap_or("");
+    let filter = events::EventFilter {
+        name: some(&q.name),
+        key: some(&q.key),
+        status: some(status).filter(|s| s != "replayed"),
+        replayed: status == "replayed",
+    };
     let mut chrome = c.chrome(Some(&session));
     let events = match c
         .node
         .store()
-        .read(move |conn| events::list(conn, 0, 1000, name.as_deref()))
+        .read(move |conn| events::recent(conn, &filter, 200))
         .await
     {
-        Ok(mut e) => {
-            // Newest first, the last 200.
-            e.reverse();
-            e.truncate(200);
-            e
-        }
+        Ok(e) => e
+            .into_iter()
+            .map(|e| EventRow {
+                received: pages::when(e.received_at),
+                e,
+            })
+            .collect(),
         Err(e) => {
             chrome.error = Some(e.to_string());
             Vec::new()
         }
     };
-    render(&EventsPage { chrome, q, events }, StatusCode::OK)
+    let statuses = EVENT_STATUSES.iter().map(|s| (*s, *s == status)).collect();
+    render(
+        &EventsPage {
+            chrome,
+            q,
+            statuses,
+            events,
+        },
+        StatusCode::OK,
+    )
 }
 
 #[derive(Template)]

@@ -19,7 +19,7 @@ use crate::store::outbox::{self, NotificationView};
 use crate::store::synclog::{self, SyncLogRow};
 
 /// A wall-clock time in ms as `2026-12-01T04:32:20Z` (empty for none).
-fn when(ms: i64) -> String {
+pub(super) fn when(ms: i64) -> String {
     if ms <= 0 {
         return String::new();
     }
