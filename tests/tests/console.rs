@@ -273,3 +273,27 @@ fn a_form_posted_from_another_site_is_refused() {
         b.close().await;
     });
 }
+
+#[test]
+fn a_cluster_members_console_shows_every_groups_owner() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let c = tandem_tests::cluster::start_cluster(tandem_tests::cluster::Opts::default());
+    c.wait_owners(&tandem_tests::cluster::HOME, WAIT);
+    let base = c.node("elementary").admin().to_owned();
+    runtime().block_on(async {
+        let b = Browser::start().await;
+        let page = sign_in(&b, &base, "admin").await;
+        assert!(page.contains("href=\"/ui/cluster\""), "a Cluster page: {page}");
+        assert!(!page.contains("href=\"/ui/failover\""), "no pair page: {page}");
+        b.goto(&format!("{base}/ui/cluster")).await;
+        let page = b.source().await;
+        for (group, owner) in tandem_tests::cluster::HOME {
+            let row = format!("<td>{group}</td><td>{owner}</td>");
+            assert!(page.contains(&row), "{row} in {page}");
+        }
+        // Its own group is owned here: the header says active.
+        assert!(page.contains(r#"<span class="badge active">active</span>"#), "{page}");
+        b.screenshot("cluster").await;
+        b.close().await;
+    });
+}
