@@ -283,8 +283,18 @@ fn a_cluster_members_console_shows_every_groups_owner() {
     runtime().block_on(async {
         let b = Browser::start().await;
         let page = sign_in(&b, &base, "admin").await;
-        assert!(page.contains("href=\"/ui/cluster\""), "a Cluster page: {page}");
-        assert!(!page.contains("href=\"/ui/failover\""), "no pair page: {page}");
+        assert!(
+            page.contains("href=\"/ui/cluster\""),
+            "a Cluster page: {page}"
+        );
+        assert!(
+            !page.contains("href=\"/ui/failover\""),
+            "no pair page: {page}"
+        );
+        assert!(
+            page.contains("<td>default</td><td>office</td>"),
+            "owners on Status: {page}"
+        );
         b.goto(&format!("{base}/ui/cluster")).await;
         let page = b.source().await;
         for (group, owner) in tandem_tests::cluster::HOME {
@@ -292,7 +302,10 @@ fn a_cluster_members_console_shows_every_groups_owner() {
             assert!(page.contains(&row), "{row} in {page}");
         }
         // Its own group is owned here: the header says active.
-        assert!(page.contains(r#"<span class="badge active">active</span>"#), "{page}");
+        assert!(
+            page.contains(r#"<span class="badge active">active</span>"#),
+            "{page}"
+        );
         b.screenshot("cluster").await;
         b.close().await;
     });

@@ -142,7 +142,11 @@ impl Console {
 
     fn chrome(&self, session: Option<&Session>) -> Chrome {
         let (active, _, _) = role_state(&self.node, &self.failover);
-        let fenced = self.failover.as_ref().is_some_and(|f| f.view().fenced);
+        let fenced = self.failover.as_ref().is_some_and(|f| f.view().fenced)
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|h| h.status().fenced.is_some());
         Chrome {
             node: self.node.config().node.name.clone(),
             state: if fenced { "fenced" } else { state_name(active) },
@@ -323,6 +327,8 @@ struct StatusPage {
     uptime: String,
     heartbeat: String,
     peer_state: String,
+    /// A cluster member's view of each group's owner.
+    owners: Vec<crate::cluster::OwnerView>,
 }
 
 async fn status_page(State(c): State<Console>, headers: HeaderMap) -> Response {
@@ -349,6 +355,11 @@ async fn status_page(State(c): State<Console>, headers: HeaderMap) -> Response {
                 .and_then(|p| p.last_heartbeat)
                 .map_or_else(|| "never".to_owned(), pages::when),
             peer_state,
+            owners: c
+                .cluster
+                .as_ref()
+                .map(|h| h.status().owners)
+                .unwrap_or_default(),
             s,
         },
         StatusCode::OK,
