@@ -58,7 +58,9 @@ fn a_pair_operated_from_the_browser() {
             "{page}"
         );
         b.wait_for(&format!("{p}/ui/"), "the peer's state", WAIT, |s| {
-            s.contains("wat4120") && s.contains(r#"<span class="badge standby">standby</span>"#)
+            s.contains("wat4120")
+                && s.contains(r#"<span class="badge standby">standby</span>"#)
+                && s.contains("ms (its clock minus ours)")
         })
         .await;
         b.screenshot("status").await;

@@ -336,4 +336,40 @@ mod tests {
             Some(vec!["ops@example.org".into()])
         );
     }
+
+    #[test]
+    fn this_node_and_other_nodes_are_told_apart_and_filtered_by_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write_blocking(|c| {
+                for (id, node, status, at) in [
+                    ("a", "n1", "sent", 1),
+                    ("b", "n1", "pending", 2),
+                    ("c", "n2", "remote", 3),
+                    ("d", "n3", "sent", 4),
+                ] {
+                    c.execute(
+                        "INSERT INTO notification (id, sink, event_id, rule, node, to_addr, channel,
+                             subject, body, signal, status, attempts, next_attempt_at, created_at, updated_at)
+                         VALUES (?1, 'hook', 1, 'r', ?2, 'x', 'default', 's', 'b', '{}', ?3, 0, ?4, ?4, ?4)",
+                        params![id, node, status, at],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let ids = |others: bool, status: Option<&str>| {
+            store
+                .read_blocking(|c| list_by_origin(c, "n1", others, status, 10))
+                .unwrap()
+                .into_iter()
+                .map(|n| n.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(false, None), ["b", "a"], "this node's, newest first");
+        assert_eq!(ids(true, None), ["d", "c"], "every other node's");
+        assert_eq!(ids(false, Some("sent")), ["a"]);
+        assert_eq!(ids(true, Some("sent")), ["d"]);
+    }
 }

@@ -312,6 +312,7 @@ mod tests {
             ready: true,
             version: "0.3.0".into(),
             admin: None,
+            clock_skew_ms: 0,
         });
         v
     }

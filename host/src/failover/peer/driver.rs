@@ -45,6 +45,7 @@ impl Driver {
                 ready: m.peer.map_or(h.ready, |p| p.ready),
                 version: h.version.clone(),
                 admin: h.admin.clone(),
+                clock_skew_ms: self.clock_skew_ms,
             }),
             last_heartbeat: self.last_heartbeat,
             failback: if m.pinned_manual || m.settings.failback == Failback::Manual {
@@ -130,7 +131,8 @@ impl Driver {
                     self.step(Input::LinkDown).await;
                 }
                 self.connecting = false;
-                let skew = (peer.clock_ms - now_ms()).abs();
+                self.clock_skew_ms = peer.clock_ms - now_ms();
+                let skew = self.clock_skew_ms.abs();
                 if skew > 1000 {
                     tracing::warn!(peer = %peer.node, skew_ms = skew, "clock skew with the peer is over 1 s");
                 }

@@ -40,6 +40,9 @@ pub struct PeerView {
     pub ready: bool,
     pub version: String,
     pub admin: Option<String>,
+    /// The peer's wall clock minus this node's, in ms, when the link came
+    /// up (DESIGN.md §4: pairs keep clocks in sync; over 1 s is logged).
+    pub clock_skew_ms: i64,
 }
 
 /// What the rest of the node (status pages, ingest replies) sees.
@@ -168,6 +171,8 @@ struct Driver {
     connecting: bool,
     next_id: u64,
     peer_hello: Option<Hello>,
+    /// The peer's clock minus ours at the last link up.
+    clock_skew_ms: i64,
     last_heartbeat: Option<i64>,
     reply: Option<Reply>,
     /// The peer's last execution number stored here.
@@ -236,6 +241,7 @@ pub async fn start(
         connecting: false,
         next_id: 0,
         peer_hello: None,
+        clock_skew_ms: 0,
         last_heartbeat: None,
         reply: None,
         absorbed: 0,
