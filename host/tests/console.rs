@@ -151,6 +151,22 @@ async fn sign_in_refuses_a_wrong_token_without_a_hint_and_sets_a_strict_expiring
     assert!(a.cookie.unwrap().contains("Max-Age=0"));
     let a = call(&h, "GET", "/ui/", &[("cookie", &cookie)], "").await;
     assert_eq!(a.location.as_deref(), Some("/ui/login"));
+    // A restart (a new app on the same data dir) remembers the sign-out,
+    // and still takes a session it did not see end.
+    let other = sign_in(&h).await;
+    let restarted = Harness {
+        app: tandem_host::admin::app(h.node.clone(), None),
+        node: h.node.clone(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let a = call(&restarted, "GET", "/ui/", &[("cookie", &cookie)], "").await;
+    assert_eq!(
+        a.location.as_deref(),
+        Some("/ui/login"),
+        "signed out stays out"
+    );
+    let a = call(&restarted, "GET", "/ui/", &[("cookie", &other)], "").await;
+    assert_eq!(a.status, StatusCode::OK);
 }
 
 #[tokio::test]

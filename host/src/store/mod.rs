@@ -9,6 +9,7 @@
 //! process (every committed transaction is in the WAL file); a power loss
 //! may lose the last transactions.
 
+pub mod console;
 pub mod contacts;
 pub mod copyback;
 pub mod events;

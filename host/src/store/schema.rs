@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/003_hardening.sql"),
     include_str!("sql/004_cluster.sql"),
     include_str!("sql/005_unpublished_index.sql"),
+    include_str!("sql/006_console.sql"),
 ];
 
 /// The schema version this build writes.

@@ -51,6 +51,17 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>(
     let sessions = Sessions::open(&node.config().node.data_dir)
         .map(Arc::new)
         .map_err(|e| e.to_string());
+    if let Ok(k) = &sessions {
+        // Sessions signed out before a restart stay signed out.
+        let now = session::now_secs();
+        match node
+            .store()
+            .read_blocking(|c| crate::store::console::signed_out(c, now))
+        {
+            Ok(list) => k.remember_revoked(list),
+            Err(e) => tracing::warn!("web console: cannot read signed-out sessions: {e}"),
+        }
+    }
     if let Err(e) = &sessions {
         tracing::error!("web console unavailable: {e}");
     }
@@ -309,6 +320,16 @@ async fn logout(
         Ok(s) => {
             if let Ok(k) = c.sessions() {
                 k.revoke(&s);
+            }
+            let (id, expires, now) = (s.id(), s.expires, session::now_secs());
+            if let Err(e) = c
+                .node
+                .store()
+                .write(move |conn| crate::store::console::sign_out(conn, &id, expires, now))
+                .await
+            {
+                // Signed out here all the same; only a restart would forget.
+                tracing::warn!("web console: cannot store a sign-out: {e}");
             }
             let mut r = Redirect::to("/ui/login").into_response();
             r.headers_mut()

@@ -8,7 +8,8 @@
 //! The CSRF token of a session is an HMAC of its nonce under the same key:
 //! a page from this node carries it; a form posted from elsewhere cannot.
 //! Sign-out remembers the nonce as revoked until the session would have
-//! expired.
+//! expired, here and in the store (the console reloads them at start), so
+//! a signed-out cookie stays refused across a restart.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -58,6 +59,19 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+impl Session {
+    /// The session's id (its nonce, hex): what the store keeps of a
+    /// signed-out session.
+    pub fn id(&self) -> String {
+        hex::encode(self.nonce)
+    }
+}
+
+/// Now, in unix seconds.
+pub fn now_secs() -> u64 {
+    unix_now()
 }
 
 impl Sessions {
@@ -143,6 +157,20 @@ impl Sessions {
         crate::internal_auth::same_secret(given.as_bytes(), self.csrf(s).as_bytes())
     }
 
+    /// Take sessions signed out before (session id in hex, expiry), as
+    /// the store keeps them; ids that are not ours are skipped.
+    pub fn remember_revoked(&self, list: impl IntoIterator<Item = (String, u64)>) {
+        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, expires) in list {
+            if let Some(nonce) = hex::decode(&id)
+                .ok()
+                .and_then(|n| <[u8; 16]>::try_from(n).ok())
+            {
+                revoked.insert(nonce, expires);
+            }
+        }
+    }
+
     /// Sign a session out.
     pub fn revoke(&self, s: &Session) {
         let now = unix_now();
@@ -207,5 +235,10 @@ mod tests {
         assert!(!s.csrf_ok(&session, ""));
         s.revoke(&session);
         assert_eq!(s.verify(&cookie), None);
+        // What the store gives back at the next start is refused too.
+        let fresh = Sessions::open(dir.path()).unwrap();
+        assert_eq!(fresh.verify(&cookie), Some(session));
+        fresh.remember_revoked([(session.id(), session.expires), ("zz".into(), 1)]);
+        assert_eq!(fresh.verify(&cookie), None);
     }
 }
