@@ -54,7 +54,10 @@ async fn call(
         .method(method)
         .uri(uri)
         .header("host", "console.test");
-    if method == "POST" && !uri.starts_with("/api/") {
+    if method == "POST"
+        && !uri.starts_with("/api/")
+        && !headers.iter().any(|(k, _)| *k == "content-type")
+    {
         req = req.header("content-type", "application/x-www-form-urlencoded");
     }
     for (k, v) in headers {
@@ -377,4 +380,65 @@ async fn events_filter_by_name_glob_key_and_status_newest_first() {
     // An unknown status is no filter, not an error.
     let any = page("?status=%3Cbogus%3E").await;
     assert!(any.contains("k-door-1") && !any.contains("<bogus>"));
+}
+
+#[tokio::test]
+async fn an_upload_is_not_read_without_a_session_from_this_site() {
+    let h = node();
+    let cookie = sign_in(&h).await;
+    let body = "--X\r\nContent-Disposition: form-data; name=\"wasm\"\r\n\r\nnot wasm\r\n--X--\r\n";
+    let multipart = ("content-type", "multipart/form-data; boundary=X");
+    let a = call(&h, "POST", "/ui/rules/upload", &[multipart], body).await;
+    assert_eq!(a.location.as_deref(), Some("/ui/login"));
+    let a = call(
+        &h,
+        "POST",
+        "/ui/rules/upload",
+        &[
+            multipart,
+            ("cookie", &cookie),
+            ("origin", "http://evil.example"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    // Signed in, from here, without the CSRF token: refused once read.
+    let a = call(
+        &h,
+        "POST",
+        "/ui/rules/upload",
+        &[multipart, ("cookie", &cookie)],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    // With it: a bad module is refused, by a redirect to the page that says so.
+    let page = call(&h, "GET", "/ui/rules", &[("cookie", &cookie)], "")
+        .await
+        .body;
+    let token = csrf(&page);
+    let body = format!(
+        "--X\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{token}\r\n\
+         --X\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nbad\r\n\
+         --X\r\nContent-Disposition: form-data; name=\"wasm\"; filename=\"bad.wasm\"\r\n\r\nnot wasm\r\n--X--\r\n"
+    );
+    let a = call(
+        &h,
+        "POST",
+        "/ui/rules/upload",
+        &[multipart, ("cookie", &cookie)],
+        &body,
+    )
+    .await;
+    assert_eq!(a.location.as_deref(), Some("/ui/rules"), "{}", a.body);
+    let page = call(&h, "GET", "/ui/rules", &[("cookie", &cookie)], "")
+        .await
+        .body;
+    assert!(page.contains("upload refused"), "{page}");
+    // Shown once.
+    let page = call(&h, "GET", "/ui/rules", &[("cookie", &cookie)], "")
+        .await
+        .body;
+    assert!(!page.contains("upload refused"), "{page}");
 }

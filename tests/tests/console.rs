@@ -198,6 +198,9 @@ fn a_pair_operated_from_the_browser() {
         .await;
         let page = b.source().await;
         assert!(!page.contains("switchover refused"), "{page}");
+        // The answer came by a redirect: a reload cannot send it again.
+        let url = b.client.current_url().await.expect("url");
+        assert_eq!(url.path(), "/ui/failover");
         b.wait_for(&format!("{p}/ui/"), "the roles swapped", WAIT, |s| {
             s.contains(r#"<span class="badge standby">standby</span>"#)
                 && s.contains(r#"<span class="badge active">active</span>"#)

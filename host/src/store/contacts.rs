@@ -209,7 +209,15 @@ fn person_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Person)> {
         Person {
             name: r.get(1)?,
             address: r.get(2)?,
-            addresses: serde_json::from_str(&addresses).unwrap_or_default(),
+            // A row that is not a JSON object of strings is an error, not
+            // an empty map a later save would write back.
+            addresses: serde_json::from_str(&addresses).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    3,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
             groups: Vec::new(),
         },
     ))
@@ -520,6 +528,23 @@ mod tests {
         let mut p = person("Bob O'Neil", "+15550100");
         p.addresses.insert("email".into(), "bob@example.org".into());
         assert!(p.validate().is_ok());
+    }
+
+    #[test]
+    fn a_corrupt_address_map_is_an_error_not_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write_blocking(|c| {
+                c.execute(
+                    "INSERT INTO person (name, address, addresses) VALUES ('ann', 'a@example.org', 'not json')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let r = store.read_blocking(|c| Ok(get_person(c, "ann")));
+        assert!(matches!(r, Ok(Err(ContactError::Store(_)))), "{r:?}");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 mod pages;
 mod session;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use askama::Template;
@@ -39,6 +39,9 @@ struct Console {
     cluster: Option<crate::cluster::Handle>,
     /// The session key, or why there is none (every page then says so).
     sessions: Result<Arc<Sessions>, String>,
+    /// What the last command of a session said, shown once on the page
+    /// its answer redirects to (post/redirect/get).
+    flash: Arc<std::sync::Mutex<HashMap<String, Result<String, String>>>>,
 }
 
 /// The console's routes, with their own state, ready to merge into the
@@ -48,9 +51,12 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>(
     failover: Option<Failover>,
     cluster: Option<crate::cluster::Handle>,
 ) -> Router<S> {
-    let sessions = Sessions::open(&node.config().node.data_dir)
-        .map(Arc::new)
-        .map_err(|e| e.to_string());
+    let sessions = Sessions::open(
+        &node.config().node.data_dir,
+        node.config().admin.token.as_deref(),
+    )
+    .map(Arc::new)
+    .map_err(|e| e.to_string());
     if let Ok(k) = &sessions {
         // Sessions signed out before a restart stay signed out.
         let now = session::now_secs();
@@ -70,6 +76,7 @@ pub(super) fn routes<S: Clone + Send + Sync + 'static>(
         failover,
         cluster,
         sessions,
+        flash: Arc::default(),
     };
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
@@ -130,6 +137,9 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// Flash entries kept at most (sessions whose answer page never loaded).
+const MAX_FLASH: usize = 1000;
+
 /// What every page shows around its content.
 struct Chrome {
     node: String,
@@ -144,11 +154,33 @@ struct Chrome {
     notice: Option<String>,
 }
 
+impl Chrome {
+    fn with_flash(mut self, flash: Option<Result<String, String>>) -> Self {
+        match flash {
+            Some(Ok(notice)) => self.notice = Some(notice),
+            Some(Err(error)) => self.error = Some(error),
+            None => {}
+        }
+        self
+    }
+}
+
 impl Console {
     fn sessions(&self) -> Result<&Sessions, Refusal> {
         self.sessions
             .as_deref()
             .map_err(|e| Refusal::Unavailable(e.clone()))
+    }
+
+    /// Keep a command's outcome for the session's next page.
+    fn flash(&self, session: &Session, outcome: Result<String, String>) {
+        let mut flash = self.flash.lock().unwrap_or_else(|p| p.into_inner());
+        // Each entry is taken by the next page; a bound keeps sessions
+        // that never load one from piling up.
+        if flash.len() >= MAX_FLASH {
+            flash.clear();
+        }
+        flash.insert(session.id(), outcome);
     }
 
     fn chrome(&self, session: Option<&Session>) -> Chrome {
@@ -171,13 +203,19 @@ impl Console {
             error: None,
             notice: None,
         }
+        .with_flash(session.and_then(|s| {
+            self.flash
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&s.id())
+        }))
     }
 
     /// The session of a request, or a redirect to the sign-in page.
     fn signed_in(&self, headers: &HeaderMap) -> Result<Session, Refusal> {
         let sessions = self.sessions()?;
-        cookie(headers)
-            .and_then(|v| sessions.verify(v))
+        cookies(headers)
+            .find_map(|v| sessions.verify(v))
             .ok_or(Refusal::SignIn)
     }
 
@@ -217,16 +255,18 @@ fn same_site(headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The session cookie's value, if the request has one.
-fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// The values of the session cookie in a request (a browser may send
+/// several of one name: another app on the same host, another path).
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .filter(|(k, _)| *k == COOKIE)
         .map(|(_, v)| v)
+        .take(16)
 }
 
 fn set_cookie(value: &str, max_age: u64) -> HeaderValue {
@@ -328,8 +368,15 @@ async fn logout(
                 .write(move |conn| crate::store::console::sign_out(conn, &id, expires, now))
                 .await
             {
-                // Signed out here all the same; only a restart would forget.
+                // Signed out here, but a restart would forget it: say so.
                 tracing::warn!("web console: cannot store a sign-out: {e}");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "signed out on this node, but the sign-out could not be stored ({e}): a restart would accept this session again until it expires"
+                    ),
+                )
+                    .into_response();
             }
             let mut r = Redirect::to("/ui/login").into_response();
             r.headers_mut()

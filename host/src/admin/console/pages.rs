@@ -23,6 +23,11 @@ pub(super) fn when(ms: i64) -> String {
     if ms <= 0 {
         return String::new();
     }
+    // humantime formats up to year 9999; a row copied from elsewhere may
+    // hold anything.
+    if ms >= 253_402_300_800_000 {
+        return ms.to_string();
+    }
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -268,18 +273,15 @@ pub(super) async fn failover_command(
         }
         _ => return (StatusCode::NOT_FOUND, "no such command").into_response(),
     };
-    let mut chrome = c.chrome(Some(&session));
-    let status = match result {
-        Ok(text) => {
-            chrome.notice = Some(format!("{command}: {text}"));
-            StatusCode::OK
-        }
-        Err(text) => {
-            chrome.error = Some(format!("{command} refused: {text}"));
-            StatusCode::CONFLICT
-        }
-    };
-    failover_view(&c, chrome, status).await
+    // Post/redirect/get: a reload of the page after cannot send the
+    // command again.
+    c.flash(
+        &session,
+        result
+            .map(|t| format!("{command}: {t}"))
+            .map_err(|t| format!("{command} refused: {t}")),
+    );
+    Redirect::to("/ui/failover").into_response()
 }
 
 // ----- Rules ------------------------------------------------------------
@@ -359,6 +361,11 @@ pub(super) async fn upload_rule(
     headers: HeaderMap,
     mut multipart: Multipart,
 ) -> Response {
+    // Nothing of the body is read for a post that is not from a signed-in
+    // page of this site (its CSRF token is checked once read).
+    if let Err(r) = super::same_site(&headers).and_then(|()| c.signed_in(&headers)) {
+        return r.into_response();
+    }
     let mut form = BTreeMap::new();
     let (mut wasm, mut sidecar) = (None, None);
     loop {
@@ -391,54 +398,59 @@ pub(super) async fn upload_rule(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let mut chrome = c.chrome(Some(&session));
     let name = form.get("name").cloned().unwrap_or_default();
     let result = upload(&c, &name, wasm, sidecar).await;
-    let status = match result {
-        Ok(()) => {
-            chrome.notice = Some(format!("rule `{name}` uploaded and loaded"));
-            StatusCode::OK
-        }
-        Err(e) => {
-            chrome.error = Some(format!("upload refused: {e}"));
-            StatusCode::BAD_REQUEST
-        }
-    };
-    rules_view(&c, chrome, status).await
+    c.flash(&session, result);
+    Redirect::to("/ui/rules").into_response()
 }
 
+/// Store the module, then the sidecar's rule; what happened, as the page
+/// says it.
 async fn upload(
     c: &Console,
     name: &str,
     wasm: Option<axum::body::Bytes>,
     sidecar: Option<axum::body::Bytes>,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let wasm = wasm
         .filter(|w| !w.is_empty())
-        .ok_or("choose a .wasm module")?;
+        .ok_or("upload refused: choose a .wasm module")?;
     // The sidecar is read before anything is stored.
     let rule = match &sidecar {
         None => None,
-        Some(bytes) => Some(sidecar_json(name, bytes)?),
+        Some(bytes) => Some(sidecar_json(name, bytes).map_err(|e| format!("upload refused: {e}"))?),
     };
     let node = State(c.node.clone());
-    outcome(
+    let reply = outcome(
         super::super::rules::put_script(node.clone(), Path(name.to_owned()), Body::from(wasm))
             .await,
     )
-    .await?;
+    .await
+    .map_err(|e| format!("upload refused: {e}"))?;
+    let reload_errors: Vec<String> = serde_json::from_str::<serde_json::Value>(&reply)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["reload_errors"].clone()).ok())
+        .unwrap_or_default();
     if let Some(rule) = rule {
         outcome(
-            super::super::rules::put_rule(
-                node,
-                Path(name.to_owned()),
-                Body::from(rule.to_string()),
-            )
-            .await,
+            super::super::rules::put_rule(node, Path(name.to_owned()), Body::from(rule.to_string()))
+                .await,
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            format!(
+                "module `{name}` stored and running (with the rule's previous settings, or its defaults if it is new); the sidecar was refused: {e}"
+            )
+        })?;
     }
-    Ok(())
+    if reload_errors.is_empty() {
+        Ok(format!("rule `{name}` uploaded and loaded"))
+    } else {
+        Err(format!(
+            "module `{name}` stored, but the reload reported: {}",
+            reload_errors.join("; ")
+        ))
+    }
 }
 
 /// A sidecar (`NAME.toml` of a rules directory) as the body of
@@ -464,18 +476,11 @@ pub(super) async fn reset_rule(
     let r = super::super::rules::reset_rule(State(c.node.clone()), Path(name.clone()))
         .await
         .map(IntoResponse::into_response);
-    let mut chrome = c.chrome(Some(&session));
-    let status = match outcome(r).await {
-        Ok(_) => {
-            chrome.notice = Some(format!("rule `{name}`: quarantine reset"));
-            StatusCode::OK
-        }
-        Err(e) => {
-            chrome.error = Some(e);
-            StatusCode::NOT_FOUND
-        }
-    };
-    rules_view(&c, chrome, status).await
+    let result = outcome(r)
+        .await
+        .map(|_| format!("rule `{name}`: quarantine reset"));
+    c.flash(&session, result);
+    Redirect::to("/ui/rules").into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -524,18 +529,9 @@ pub(super) async fn delete_rule(
         return Redirect::to("/ui/rules").into_response();
     }
     let r = super::super::rules::delete_rule(State(c.node.clone()), Path(name.clone())).await;
-    let mut chrome = c.chrome(Some(&session));
-    let status = match outcome(r).await {
-        Ok(_) => {
-            chrome.notice = Some(format!("rule `{name}` deleted"));
-            StatusCode::OK
-        }
-        Err(e) => {
-            chrome.error = Some(e);
-            StatusCode::CONFLICT
-        }
-    };
-    rules_view(&c, chrome, status).await
+    let result = outcome(r).await.map(|_| format!("rule `{name}` deleted"));
+    c.flash(&session, result);
+    Redirect::to("/ui/rules").into_response()
 }
 
 // ----- Notifications ----------------------------------------------------

@@ -17,14 +17,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "tandem_session";
 /// How long a session lasts.
 pub const LIFETIME: Duration = Duration::from_secs(8 * 3600);
-/// Revoked sessions remembered at most (the oldest go first).
-const MAX_REVOKED: usize = 10_000;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -75,8 +73,10 @@ pub fn now_secs() -> u64 {
 }
 
 impl Sessions {
-    /// Load the key from `data_dir/console.key`, making it if missing.
-    pub fn open(data_dir: &Path) -> Result<Sessions, SessionError> {
+    /// Load the key from `data_dir/console.key`, making it if missing. The
+    /// signing key is derived from it and the admin `token`, so a new
+    /// token ends every session signed in with the old one.
+    pub fn open(data_dir: &Path, token: Option<&str>) -> Result<Sessions, SessionError> {
         let path = data_dir.join("console.key");
         let io = |source| SessionError::Key {
             path: path.display().to_string(),
@@ -92,9 +92,14 @@ impl Sessions {
             }
             Err(e) => return Err(io(e)),
         };
-        let key: [u8; 32] = key
+        let file: [u8; 32] = key
             .try_into()
             .map_err(|_| SessionError::BadKey(path.display().to_string()))?;
+        let mut m = <HmacSha256 as Mac>::new_from_slice(&file)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        m.update(b"tandem console sessions");
+        m.update(&Sha256::digest(token.unwrap_or_default().as_bytes()));
+        let key: [u8; 32] = m.finalize().into_bytes().into();
         Ok(Sessions {
             key,
             revoked: Mutex::new(HashMap::new()),
@@ -175,12 +180,9 @@ impl Sessions {
     pub fn revoke(&self, s: &Session) {
         let now = unix_now();
         let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        // Only unexpired sessions are kept, and each was made with the admin
+        // token: the list is bounded by what operators sign in to.
         revoked.retain(|_, exp| *exp > now);
-        if revoked.len() >= MAX_REVOKED
-            && let Some(oldest) = revoked.iter().min_by_key(|(_, e)| **e).map(|(n, _)| *n)
-        {
-            revoked.remove(&oldest);
-        }
         revoked.insert(s.nonce, s.expires);
     }
 }
@@ -206,17 +208,31 @@ mod tests {
     #[test]
     fn a_session_verifies_until_tampered_expired_or_revoked() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Sessions::open(dir.path()).unwrap();
+        let s = Sessions::open(dir.path(), Some("t")).unwrap();
         let (session, cookie) = s.create().unwrap();
         assert_eq!(s.verify(&cookie), Some(session));
         // The key survives a reopen: so do sessions.
         assert_eq!(
-            Sessions::open(dir.path()).unwrap().verify(&cookie),
+            Sessions::open(dir.path(), Some("t"))
+                .unwrap()
+                .verify(&cookie),
             Some(session)
+        );
+        // A new admin token ends every session.
+        assert_eq!(
+            Sessions::open(dir.path(), Some("t2"))
+                .unwrap()
+                .verify(&cookie),
+            None
         );
         // Another node's key, a changed expiry, garbage: refused.
         let other = tempfile::tempdir().unwrap();
-        assert_eq!(Sessions::open(other.path()).unwrap().verify(&cookie), None);
+        assert_eq!(
+            Sessions::open(other.path(), Some("t"))
+                .unwrap()
+                .verify(&cookie),
+            None
+        );
         let (_, rest) = cookie.split_once('.').unwrap();
         assert_eq!(s.verify(&format!("99999999999.{rest}")), None);
         for bad in ["", "1.2.3", "x.y.z", "..", &cookie[..cookie.len() - 2]] {
@@ -236,7 +252,7 @@ mod tests {
         s.revoke(&session);
         assert_eq!(s.verify(&cookie), None);
         // What the store gives back at the next start is refused too.
-        let fresh = Sessions::open(dir.path()).unwrap();
+        let fresh = Sessions::open(dir.path(), Some("t")).unwrap();
         assert_eq!(fresh.verify(&cookie), Some(session));
         fresh.remember_revoked([(session.id(), session.expires), ("zz".into(), 1)]);
         assert_eq!(fresh.verify(&cookie), None);
