@@ -21,7 +21,8 @@
 //! baseline in the host's benchmarks is therefore the same code, minus the
 //! WebAssembly boundary.
 
-use crate::wire::{self, Config, Signal};
+use crate::view::SignalView;
+use crate::wire::{self, Config};
 use crate::{Clock, Ctx, Error, Rule};
 
 /// `tandem_on_signal` / `tandem_init` result: success.
@@ -93,7 +94,8 @@ pub fn handle_signal<R: Rule>(
     buf: &mut Vec<u8>,
     mut emit: impl FnMut(&[u8]),
 ) -> Result<(), CallError> {
-    let signal: Signal = wire::decode(input).map_err(|e| CallError::Decode(e.to_string()))?;
+    // Borrowed from `input`: only the fields the rule asks for are read.
+    let signal = SignalView::parse(input).map_err(|e| CallError::Decode(e.to_string()))?;
     let mut ctx = Ctx::new(clock);
     let result = rule.on_signal(&signal, &mut ctx);
     for action in ctx.actions() {

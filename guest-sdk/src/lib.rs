@@ -6,7 +6,7 @@
 //! again when it is back.
 //!
 //! ```
-//! use tandem_guest::{export_rule, Config, Ctx, Error, Rule, Signal};
+//! use tandem_guest::{export_rule, Config, Ctx, Error, Rule, Signal, SignalView};
 //!
 //! pub struct NotifyIt {
 //!     to: String,
@@ -21,13 +21,14 @@
 //!         Ok(NotifyIt { to: config.str_or("to", "group:it")?.to_owned() })
 //!     }
 //!
-//!     fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
-//!         let primary = signal.str_field("primary").unwrap_or("the primary");
-//!         match signal.name.as_str() {
+//!     fn on_signal(&mut self, signal: &SignalView<'_>, ctx: &mut Ctx) -> Result<(), Error> {
+//!         // A field of another type is an error naming it; `?` reports it.
+//!         let primary = signal.str_field("primary")?.unwrap_or("the primary");
+//!         match signal.name {
 //!             "FAILOVER-ON" => ctx.notify(
 //!                 &self.to,
 //!                 format!("{primary} is offline"),
-//!                 format!("The secondary took over: {}", signal.field("reason").map(|v| v.to_string()).unwrap_or_default()),
+//!                 format!("The secondary took over: {}", signal.str_field("reason")?.unwrap_or("")),
 //!             ),
 //!             "FAILOVER-OFF" => ctx.notify(&self.to, format!("{primary} is back"), "Handback complete."),
 //!             _ => {}
@@ -52,6 +53,8 @@
 //! # Layout
 //! - [`wire`]: the wire types host and guest share ([`Signal`], [`Value`],
 //!   [`Action`], [`Config`]), msgpack maps.
+//! - [`view`]: [`SignalView`], a signal borrowed from the input bytes,
+//!   with typed field accessors that allocate nothing.
 //! - [`abi`]: the v1 ABI: [`export_rule!`] and what it expands to.
 //! - [`testing`]: the native harness.
 //!
@@ -67,10 +70,12 @@
 pub mod abi;
 pub mod testing;
 pub mod time;
+pub mod view;
 pub mod wire;
 
 use std::fmt;
 
+pub use view::{FieldError, SignalView};
 pub use wire::{Action, Config, Fields, Level, Log, Notify, Raise, Signal, Value};
 
 /// The ABI version this SDK implements (the `tandem_abi_v1` marker).
@@ -94,9 +99,11 @@ pub trait Rule: Sized + 'static {
     /// sample rule works with an empty config; do likewise.
     fn init(config: &Config) -> Result<Self, Error>;
 
-    /// React to one signal. Actions go through `ctx`; they take effect only
-    /// if this returns `Ok` or `Err` (not if it panics).
-    fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error>;
+    /// React to one signal, borrowed from the bytes the host sent
+    /// ([`SignalView`]: fields are read on access, nothing is allocated).
+    /// Actions go through `ctx`; they take effect only if this returns `Ok`
+    /// or `Err` (not if it panics).
+    fn on_signal(&mut self, signal: &SignalView<'_>, ctx: &mut Ctx) -> Result<(), Error>;
 }
 
 /// An error a rule reports. The host records its text in the event log; the

@@ -1,13 +1,13 @@
 //! Native test harness: run a rule without WebAssembly and get its actions.
 //!
 //! ```
-//! # use tandem_guest::{Config, Ctx, Error, Rule, Signal};
+//! # use tandem_guest::{Config, Ctx, Error, Rule, Signal, SignalView};
 //! # struct Echo;
 //! # impl Rule for Echo {
 //! #     const SIGNALS: &'static [&'static str] = &["*"];
 //! #     fn init(_: &Config) -> Result<Self, Error> { Ok(Echo) }
-//! #     fn on_signal(&mut self, s: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
-//! #         ctx.notify("x", s.name.clone(), ""); Ok(())
+//! #     fn on_signal(&mut self, s: &SignalView<'_>, ctx: &mut Ctx) -> Result<(), Error> {
+//! #         ctx.notify("x", s.name, ""); Ok(())
 //! #     }
 //! # }
 //! use tandem_guest::testing::Harness;

@@ -264,9 +264,10 @@ lto = true
 //!
 //! Build: `cargo build --target wasm32-unknown-unknown --release`.
 
-use tandem_guest::{{export_rule, Config, Ctx, Error, Rule, Signal}};
+use tandem_guest::{{export_rule, Config, Ctx, Error, Rule, SignalView}};
 
 /// The rule's state lives here, between signals.
+#[derive(Debug)]
 pub struct {ty} {{
     to: String,
     seen: u64,
@@ -283,9 +284,10 @@ impl Rule for {ty} {{
         }})
     }}
 
-    fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {{
+    fn on_signal(&mut self, signal: &SignalView<'_>, ctx: &mut Ctx) -> Result<(), Error> {{
         self.seen += 1;
-        let zone = signal.str_field("zone").unwrap_or("unknown zone");
+        // Absent: the default; present but not a string: an error naming it.
+        let zone = signal.str_field("zone")?.unwrap_or("unknown zone");
         ctx.notify(
             &self.to,
             format!("{{}} in {{zone}}", signal.name),
@@ -300,6 +302,7 @@ export_rule!({ty});
 #[cfg(test)]
 mod tests {{
     use super::*;
+    use tandem_guest::Signal;
     use tandem_guest::testing::Harness;
 
     #[test]

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use tandem_guest::time::format_utc;
-use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, Signal, Value, export_rule};
+use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, SignalView, Value, export_rule};
 
 /// The signal this rule raises.
 pub const HELD_OPEN: &str = "DOOR-HELD-OPEN";
@@ -70,7 +70,7 @@ impl Rule for DoorHeldOpen {
         })
     }
 
-    fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
+    fn on_signal(&mut self, signal: &SignalView<'_>, ctx: &mut Ctx) -> Result<(), Error> {
         let now = if signal.time > 0 {
             signal.time
         } else {
@@ -78,7 +78,7 @@ impl Rule for DoorHeldOpen {
         };
         // Our own DOOR-HELD-OPEN matches DOOR-*-OPEN: it is not a door.
         if signal.name != HELD_OPEN {
-            match parse_door(&signal.name) {
+            match parse_door(signal.name) {
                 Some((door, true)) => {
                     self.open.entry(door.to_owned()).or_insert(Timer {
                         opened_at: now,
@@ -126,8 +126,8 @@ export_rule!(DoorHeldOpen);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_guest::Action;
     use tandem_guest::testing::Harness;
+    use tandem_guest::{Action, Signal};
 
     const T0: i64 = 1_763_780_000_000;
 

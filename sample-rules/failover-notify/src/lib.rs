@@ -12,7 +12,7 @@
 //! the group and the two nodes.
 
 use tandem_guest::time::format_utc;
-use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, Signal, export_rule};
+use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, SignalView, export_rule};
 
 /// The rule's state: only its config.
 #[derive(Debug)]
@@ -34,25 +34,24 @@ impl Rule for FailoverNotify {
         })
     }
 
-    fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
-        let primary = signal.str_field("primary").unwrap_or("primary server");
-        let since = || {
-            signal
-                .field("down_since")
-                .and_then(|v| v.as_i64())
-                .map_or_else(|| "an unknown time".to_owned(), format_utc)
+    fn on_signal(&mut self, signal: &SignalView<'_>, ctx: &mut Ctx) -> Result<(), Error> {
+        let primary = signal.str_field("primary")?.unwrap_or("primary server");
+        let since = || -> Result<String, Error> {
+            Ok(signal
+                .i64_field("down_since")?
+                .map_or_else(|| "an unknown time".to_owned(), format_utc))
         };
-        if let Some(group) = signal.str_field("group") {
+        if let Some(group) = signal.str_field("group")? {
             // A cluster's group moved between two nodes.
-            let from = signal.str_field("from").unwrap_or("its node");
-            let to = signal.str_field("to").unwrap_or("another node");
-            let reason = signal.str_field("reason").unwrap_or("takeover");
-            let (subject, body) = match signal.name.as_str() {
+            let from = signal.str_field("from")?.unwrap_or("its node");
+            let to = signal.str_field("to")?.unwrap_or("another node");
+            let reason = signal.str_field("reason")?.unwrap_or("takeover");
+            let (subject, body) = match signal.name {
                 "FAILOVER-ON" => (
                     format!("group {group}: {from} offline, {to} took over"),
                     format!(
                         "group {group} moved from {from} to {to} ({reason}); {from} not seen since {}",
-                        since()
+                        since()?
                     ),
                 ),
                 "FAILOVER-OFF" => (
@@ -66,10 +65,10 @@ impl Rule for FailoverNotify {
             ));
             return Ok(());
         }
-        let (subject, body) = match signal.name.as_str() {
+        let (subject, body) = match signal.name {
             "FAILOVER-ON" => {
-                let since = since();
-                let reason = signal.str_field("reason").unwrap_or("heartbeat timeout");
+                let since = since()?;
+                let reason = signal.str_field("reason")?.unwrap_or("heartbeat timeout");
                 (
                     format!("{primary} offline, secondary active"),
                     format!(
@@ -97,6 +96,7 @@ export_rule!(FailoverNotify);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_guest::Signal;
     use tandem_guest::testing::Harness;
 
     fn on() -> Signal {

@@ -7,7 +7,7 @@
 //! The message names the button (`source`) and where it is (the `location`
 //! field), the two things a guard needs first.
 
-use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, Signal, export_rule};
+use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, SignalView, export_rule};
 
 /// The rule's state: only its config.
 #[derive(Debug)]
@@ -29,13 +29,13 @@ impl Rule for PanicButton {
         })
     }
 
-    fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
+    fn on_signal(&mut self, signal: &SignalView<'_>, ctx: &mut Ctx) -> Result<(), Error> {
         let source = if signal.source.is_empty() {
             "unknown button"
         } else {
-            &signal.source
+            signal.source
         };
-        let location = signal.str_field("location").unwrap_or("unknown location");
+        let location = signal.str_field("location")?.unwrap_or("unknown location");
         let subject = format!("PANIC at {location}");
         let body = format!("{} from {source} at {location}", signal.name);
         ctx.emit(Action::Notify(
@@ -50,6 +50,7 @@ export_rule!(PanicButton);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_guest::Signal;
     use tandem_guest::testing::Harness;
 
     #[test]

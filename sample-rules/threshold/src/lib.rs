@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, Signal, export_rule};
+use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, SignalView, export_rule};
 
 #[derive(Debug, Default)]
 struct Streak {
@@ -60,7 +60,7 @@ impl Rule for Threshold {
         })
     }
 
-    fn on_signal(&mut self, signal: &Signal, ctx: &mut Ctx) -> Result<(), Error> {
+    fn on_signal(&mut self, signal: &SignalView<'_>, ctx: &mut Ctx) -> Result<(), Error> {
         if self
             .signal
             .as_deref()
@@ -68,10 +68,26 @@ impl Rule for Threshold {
         {
             return Ok(());
         }
-        let Some(reading) = signal.field(&self.field).and_then(|v| v.as_f64()) else {
+        // A number, or a string holding one (sensors often send "21.5").
+        let reading = match signal.f64_field(&self.field) {
+            Ok(n) => n,
+            Err(_) => signal
+                .str_field(&self.field)
+                .ok()
+                .flatten()
+                .and_then(|s| s.trim().parse().ok()),
+        };
+        let Some(reading) = reading else {
             return Ok(());
         };
-        let streak = self.streaks.entry(signal.source.clone()).or_default();
+        // A source seen before costs no allocation.
+        if !self.streaks.contains_key(signal.source) {
+            self.streaks
+                .insert(signal.source.to_owned(), Streak::default());
+        }
+        let Some(streak) = self.streaks.get_mut(signal.source) else {
+            return Ok(());
+        };
         if reading <= self.above {
             *streak = Streak::default();
             return Ok(());
@@ -80,9 +96,9 @@ impl Rule for Threshold {
         if streak.run >= self.count && !streak.notified {
             streak.notified = true;
             let who = if signal.source.is_empty() {
-                signal.name.as_str()
+                signal.name
             } else {
-                &signal.source
+                signal.source
             };
             ctx.emit(Action::Notify(
                 Notify::new(
@@ -105,6 +121,7 @@ export_rule!(Threshold);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_guest::Signal;
     use tandem_guest::testing::Harness;
 
     fn reading(source: &str, v: f64) -> Signal {
