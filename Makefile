@@ -32,7 +32,7 @@ wasm-target:
 build-deps:
 	@command -v protoc >/dev/null && test -f /usr/include/google/protobuf/descriptor.proto \
 		|| { echo "installing protobuf-compiler libprotobuf-dev"; apt-get update -q \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends protobuf-compiler libprotobuf-dev; }
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends protobuf-compiler libprotobuf-dev && apt-get clean; }
 
 rules: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(RULES))
@@ -50,7 +50,7 @@ test-deps: build-deps
 	test -d /usr/share/fonts/truetype/liberation || missing="$$missing fonts-liberation"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing && apt-get clean; \
 	fi
 
 test: rules test-deps
