@@ -82,8 +82,8 @@ pub fn init_rule<R: Rule>(input: &[u8]) -> Result<R, CallError> {
     R::init(&config).map_err(CallError::Rule)
 }
 
-/// Decode one signal, run the rule, and hand each action, encoded as a
-/// msgpack map, to `emit`. `buf` is a scratch buffer reused across calls.
+/// Decode one signal, run the rule, and hand each action, a msgpack map,
+/// to `emit`. `buf` is the actions' buffer, reused across calls.
 ///
 /// Actions are emitted only after the rule returned (`Ok` or `Err`): a call
 /// that panics emits nothing.
@@ -96,15 +96,10 @@ pub fn handle_signal<R: Rule>(
 ) -> Result<(), CallError> {
     // Borrowed from `input`: only the fields the rule asks for are read.
     let signal = SignalView::parse(input).map_err(|e| CallError::Decode(e.to_string()))?;
-    let mut ctx = Ctx::new(clock);
+    let mut ctx = Ctx::with_buffer(clock, std::mem::take(buf));
     let result = rule.on_signal(&signal, &mut ctx);
-    for action in ctx.actions() {
-        // Encoding our own types into a Vec cannot fail: a failure here would
-        // be a serde bug, and dropping the action is the only sane answer.
-        if wire::encode_into(buf, action).is_ok() {
-            emit(buf);
-        }
-    }
+    ctx.encoded().for_each(&mut emit);
+    *buf = ctx.into_buffer();
     result.map_err(CallError::Rule)
 }
 
@@ -368,6 +363,10 @@ pub mod __private {
 #[macro_export]
 macro_rules! export_rule {
     ($rule:ty) => {
+        // A pattern the node would refuse fails the build, saying what is
+        // allowed.
+        const _: () = $crate::names::check_signals(<$rule as $crate::Rule>::SIGNALS);
+
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             $crate::abi::__private::thread_local! {

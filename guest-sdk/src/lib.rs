@@ -55,6 +55,10 @@
 //!   [`Action`], [`Config`]), msgpack maps.
 //! - [`view`]: [`SignalView`], a signal borrowed from the input bytes,
 //!   with typed field accessors that allocate nothing.
+//! - `ctx`: [`Ctx`], through which a rule acts; each action is written
+//!   once, as the msgpack the host reads.
+//! - [`names`]: what a signal name or pattern may be, shared with the
+//!   host and checked while a rule compiles.
 //! - [`abi`]: the v1 ABI: [`export_rule!`] and what it expands to.
 //! - [`testing`]: the native harness.
 //!
@@ -68,6 +72,8 @@
 //!   call's actions are dropped, and the next signal gets a fresh instance.
 
 pub mod abi;
+mod ctx;
+pub mod names;
 pub mod testing;
 pub mod time;
 pub mod view;
@@ -75,6 +81,7 @@ pub mod wire;
 
 use std::fmt;
 
+pub use ctx::{Clock, Ctx, Encoded, FieldValue, RaiseBuilder};
 pub use view::{FieldError, SignalView};
 pub use wire::{Action, Config, Fields, Level, Log, Notify, Raise, Signal, Value};
 
@@ -140,92 +147,5 @@ impl From<String> for Error {
 impl From<&str> for Error {
     fn from(s: &str) -> Self {
         Error(s.to_owned())
-    }
-}
-
-/// Where [`Ctx::now`] reads the time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Clock {
-    /// The host's clock (the `now_ms` import); natively, the system clock.
-    Host,
-    /// A fixed time, for tests.
-    Fixed(i64),
-}
-
-/// What a rule uses to act: collects its actions for one signal.
-#[derive(Debug)]
-pub struct Ctx {
-    actions: Vec<Action>,
-    clock: Clock,
-}
-
-impl Ctx {
-    /// A context that reads the time from `clock`.
-    pub fn new(clock: Clock) -> Self {
-        Ctx {
-            actions: Vec::new(),
-            clock,
-        }
-    }
-
-    /// Notify `to` (`person:NAME`, `group:NAME` or an address) on the default
-    /// channel.
-    pub fn notify(
-        &mut self,
-        to: impl Into<String>,
-        subject: impl Into<String>,
-        body: impl Into<String>,
-    ) {
-        self.emit(Action::Notify(Notify::new(to, subject, body)));
-    }
-
-    /// Raise a new signal. It is dispatched to the matching rules after this
-    /// call, with a key derived from this signal's key, this rule and the
-    /// action's index, so both nodes of a pair derive the same key.
-    pub fn raise<K, V>(&mut self, name: impl Into<String>, fields: impl IntoIterator<Item = (K, V)>)
-    where
-        K: Into<String>,
-        V: Into<Value>,
-    {
-        self.emit(Action::Raise(Raise {
-            name: name.into(),
-            fields: fields
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        }));
-    }
-
-    /// Add a line to the event's outcome in the event log (a `log`
-    /// action). It does not go to the node's own log output.
-    pub fn log(&mut self, level: Level, message: impl Into<String>) {
-        self.emit(Action::Log(Log {
-            level,
-            message: message.into(),
-        }));
-    }
-
-    /// Any action, e.g. a [`Notify`] on another channel.
-    pub fn emit(&mut self, action: Action) {
-        self.actions.push(action);
-    }
-
-    /// The current time in milliseconds since the Unix epoch. Prefer
-    /// `signal.time` for anything that must be the same on replay.
-    pub fn now(&self) -> i64 {
-        match self.clock {
-            Clock::Fixed(t) => t,
-            Clock::Host => abi::host_now_ms(),
-        }
-    }
-
-    /// The actions so far.
-    pub fn actions(&self) -> &[Action] {
-        &self.actions
-    }
-
-    /// Take the actions, leaving the context empty.
-    pub fn take_actions(&mut self) -> Vec<Action> {
-        std::mem::take(&mut self.actions)
     }
 }

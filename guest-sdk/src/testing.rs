@@ -22,7 +22,7 @@
 //! rule that passes here decodes the same way on the host.
 
 use crate::abi::{self, CallError};
-use crate::wire::{self, Action, Config, Notify, Signal};
+use crate::wire::{self, Action, Config, Notify, Raise, Signal};
 use crate::{Clock, Error, Rule};
 
 /// One rule instance, driven natively.
@@ -74,6 +74,18 @@ impl<R: Rule> Harness<R> {
             .into_iter()
             .filter_map(|a| match a {
                 Action::Notify(n) => Some(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Run one signal and keep only the signals it raised.
+    pub fn raises(&mut self, signal: &Signal) -> Result<Vec<Raise>, Error> {
+        Ok(self
+            .signal(signal)?
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Raise(r) => Some(r),
                 _ => None,
             })
             .collect())

@@ -87,6 +87,15 @@ pub struct SignalView<'a> {
     fields: &'a [u8],
 }
 
+/// The fields' map ended before a read found what it looked for.
+#[derive(Debug, Clone, Copy)]
+struct Malformed;
+
+/// Whether `marker` starts a msgpack map.
+fn is_map(marker: &u8) -> bool {
+    matches!(marker, 0x80..=0x8f | 0xde | 0xdf)
+}
+
 /// One msgpack value, read but not copied.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Raw<'a> {
@@ -165,7 +174,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Read one value's head; a container's items are left for
-    /// [`Reader::skip_items`]: returns (value, items to skip).
+    /// [`Reader::skip`]: returns (value, items to skip).
     fn head(&mut self) -> Option<(Raw<'a>, usize)> {
         let m = self.byte()?;
         Some(match m {
@@ -223,17 +232,41 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Skip `n` whole values.
-    fn skip_items(&mut self, n: usize, depth: usize) -> Option<()> {
-        // Each item takes at least one byte: a count beyond what is left is
-        // a lie, refused before looping over it.
-        if depth > MAX_DEPTH || n > self.buf.len() - self.at {
-            return None;
-        }
-        for _ in 0..n {
-            let (_, inner) = self.head()?;
-            if inner > 0 {
-                self.skip_items(inner, depth + 1)?;
+    /// Skip one whole value without decoding it; `depth` is the value's
+    /// own nesting (0 at the top).
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        let m = self.byte()?;
+        // (bytes of payload, items inside)
+        let (bytes, items) = match m {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => return Some(()),
+            0x80..=0x8f => (0, usize::from(m & 0x0f) * 2),
+            0x90..=0x9f => (0, usize::from(m & 0x0f)),
+            0xa0..=0xbf => (usize::from(m & 0x1f), 0),
+            0xc4..=0xc6 => (self.len(1 << (m - 0xc4))?, 0),
+            // The type byte, then the data.
+            0xc7..=0xc9 => (self.len(1 << (m - 0xc7))?.checked_add(1)?, 0),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc..=0xcf => (1 << (m - 0xcc), 0),
+            0xd0..=0xd3 => (1 << (m - 0xd0), 0),
+            0xd4..=0xd8 => (1 + (1 << (m - 0xd4)), 0),
+            0xd9..=0xdb => (self.len(1 << (m - 0xd9))?, 0),
+            0xdc => (0, self.len(2)?),
+            0xdd => (0, self.len(4)?),
+            0xde => (0, self.len(2)?.checked_mul(2)?),
+            0xdf => (0, self.len(4)?.checked_mul(2)?),
+            // 0xc1 is never used.
+            _ => return None,
+        };
+        self.take(bytes)?;
+        if items > 0 {
+            // Each item takes at least one byte: a count beyond what is
+            // left is a lie, refused before looping over it.
+            if depth >= MAX_DEPTH || items > self.buf.len() - self.at {
+                return None;
+            }
+            for _ in 0..items {
+                self.skip(depth + 1)?;
             }
         }
         Some(())
@@ -242,9 +275,11 @@ impl<'a> Reader<'a> {
     /// Read one value and skip what it contains.
     #[inline]
     fn value(&mut self) -> Option<Raw<'a>> {
+        let start = self.at;
         let (v, inner) = self.head()?;
         if inner > 0 {
-            self.skip_items(inner, 1)?;
+            self.at = start;
+            self.skip(0)?;
         }
         Some(v)
     }
@@ -259,10 +294,13 @@ impl<'a> Reader<'a> {
     /// A map key's bytes (compared as bytes; never checked as UTF-8).
     #[inline]
     fn key(&mut self) -> Option<&'a [u8]> {
-        match self.value()? {
-            Raw::Str(s) => Some(s),
-            _ => None,
-        }
+        let m = self.byte()?;
+        let n = match m {
+            0xa0..=0xbf => usize::from(m & 0x1f),
+            0xd9..=0xdb => self.len(1 << (m - 0xd9))?,
+            _ => return None,
+        };
+        self.take(n)
     }
 }
 
@@ -291,44 +329,57 @@ impl<'a> SignalView<'a> {
         let n = r
             .map_len()
             .ok_or_else(|| bad("not a signal: a msgpack map was expected"))?;
-        for _ in 0..n {
+        for i in 0..n {
+            // Keys are compared as bytes: an unknown one is skipped
+            // whatever it holds.
             let key = r.key().ok_or_else(|| malformed(&r))?;
-            let key = std::str::from_utf8(key).map_err(|_| bad("a key that is not UTF-8"))?;
             let start = r.at;
+            if key == b"fields" && i + 1 == n && input.get(start).is_some_and(is_map) {
+                // The host writes the fields last: they are walked only
+                // when a rule reads them, each read bounds-checked, and a
+                // malformed map is an error of the field read.
+                v.fields = &input[start..];
+                break;
+            }
             let value = r.value().ok_or_else(|| malformed(&r))?;
             let wrong = |want: &str| {
                 bad(format!(
-                    "signal `{key}` is {}, not {want}",
+                    "signal `{}` is {}, not {want}",
+                    String::from_utf8_lossy(key),
                     value.type_name()
                 ))
             };
             match key {
-                "id" => match value {
+                b"id" => match value {
                     Raw::Int(i) => v.id = u64::try_from(i).map_err(|_| wrong("an id"))?,
                     Raw::BigUint(u) => v.id = u,
                     _ => return Err(wrong("an integer")),
                 },
-                "key" | "name" | "source" => {
+                b"key" | b"name" | b"source" => {
                     let Raw::Str(s) = value else {
                         return Err(wrong("a string"));
                     };
-                    let s = std::str::from_utf8(s)
-                        .map_err(|_| bad(format!("signal `{key}` is not UTF-8")))?;
+                    let s = std::str::from_utf8(s).map_err(|_| {
+                        bad(format!(
+                            "signal `{}` is not UTF-8",
+                            String::from_utf8_lossy(key)
+                        ))
+                    })?;
                     match key {
-                        "key" => v.key = s,
-                        "name" => v.name = s,
+                        b"key" => v.key = s,
+                        b"name" => v.name = s,
                         _ => v.source = s,
                     }
                 }
-                "time" => match value {
+                b"time" => match value {
                     Raw::Int(i) => v.time = i,
                     _ => return Err(wrong("an integer")),
                 },
-                "replayed" => match value {
+                b"replayed" => match value {
                     Raw::Bool(b) => v.replayed = b,
                     _ => return Err(wrong("a boolean")),
                 },
-                "fields" => match value {
+                b"fields" => match value {
                     Raw::Map => v.fields = &input[start..r.at],
                     Raw::Nil => {}
                     _ => return Err(wrong("a map")),
@@ -339,22 +390,35 @@ impl<'a> SignalView<'a> {
         Ok(v)
     }
 
-    /// The raw value of field `name`, if the signal has it.
-    fn raw(&self, name: &str) -> Option<Raw<'a>> {
+    /// The raw value of field `name`, if the signal has it; `Err` if the
+    /// fields' map is malformed before it is found.
+    fn raw(&self, name: &str) -> Result<Option<Raw<'a>>, Malformed> {
         if self.fields.is_empty() {
-            return None;
+            return Ok(None);
         }
-        // The map was walked whole by `parse`: reads here cannot fail.
         let mut r = Reader::new(self.fields);
-        let n = r.map_len()?;
+        let n = r.map_len().ok_or(Malformed)?;
         for _ in 0..n {
-            let key = r.key()?;
+            let key = r.key().ok_or(Malformed)?;
             if key == name.as_bytes() {
-                return r.value();
+                return r.value().map(Some).ok_or(Malformed);
             }
-            r.value()?;
+            r.skip(0).ok_or(Malformed)?;
         }
-        None
+        Ok(None)
+    }
+
+    /// [`SignalView::raw`] with a malformed map as a [`FieldError`].
+    fn raw_or_error(
+        &self,
+        name: &str,
+        expected: &'static str,
+    ) -> Result<Option<Raw<'a>>, FieldError> {
+        self.raw(name).map_err(|Malformed| FieldError {
+            field: name.to_owned(),
+            expected,
+            found: "malformed msgpack",
+        })
     }
 
     fn typed<T>(
@@ -363,7 +427,7 @@ impl<'a> SignalView<'a> {
         expected: &'static str,
         pick: impl Fn(Raw<'a>) -> Option<T>,
     ) -> Result<Option<T>, FieldError> {
-        match self.raw(name) {
+        match self.raw_or_error(name, expected)? {
             None => Ok(None),
             Some(raw) => pick(raw).map(Some).ok_or_else(|| FieldError {
                 field: name.to_owned(),
@@ -375,13 +439,13 @@ impl<'a> SignalView<'a> {
 
     /// Whether the signal has field `name` (of any type, nil included).
     pub fn has_field(&self, name: &str) -> bool {
-        self.raw(name).is_some()
+        self.raw(name).is_ok_and(|r| r.is_some())
     }
 
     /// Field `name` as a string, borrowed from the input: `Ok(None)` if
     /// absent, an error if it is not a string (a number is not one).
     pub fn str_field(&self, name: &str) -> Result<Option<&'a str>, FieldError> {
-        match self.raw(name) {
+        match self.raw_or_error(name, "a string")? {
             None => Ok(None),
             Some(Raw::Str(s)) => std::str::from_utf8(s).map(Some).map_err(|_| FieldError {
                 field: name.to_owned(),
@@ -427,6 +491,7 @@ impl<'a> SignalView<'a> {
     /// The owned signal (every field decoded): for code written against
     /// [`Signal`].
     pub fn to_signal(&self) -> Result<Signal, ViewError> {
+        self.check_fields()?;
         crate::wire::decode(self.input).map_err(|e| bad(e.to_string()))
     }
 
@@ -435,7 +500,19 @@ impl<'a> SignalView<'a> {
         if self.fields.is_empty() {
             return Ok(Fields::new());
         }
+        self.check_fields()?;
         crate::wire::decode(self.fields).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Walk the fields whole (bounded in depth and by the input's size)
+    /// before serde decodes them: serde's recursion has no depth limit.
+    fn check_fields(&self) -> Result<(), ViewError> {
+        if self.fields.is_empty() {
+            return Ok(());
+        }
+        Reader::new(self.fields)
+            .skip(0)
+            .ok_or_else(|| bad("the signal's fields are malformed msgpack"))
     }
 
     /// Field `name` decoded into an owned [`Value`] (any type).
@@ -591,6 +668,29 @@ mod tests {
         ];
         deep.extend(std::iter::repeat_n(0x91, 1000));
         deep.push(0xc0);
-        assert!(SignalView::parse(&deep).is_err());
+        // Fields written last are walked only when read: the parse takes
+        // them, and the read is the error, naming the field.
+        let v = SignalView::parse(&deep).unwrap();
+        let e = v.str_field("x").unwrap_err();
+        assert_eq!((e.field.as_str(), e.found), ("x", "malformed msgpack"));
+        assert!(!v.has_field("x"));
+        assert!(v.fields().is_err() && v.to_signal().is_err());
+        // Anywhere else, the parse walks them and refuses.
+        let mut first = vec![0x82];
+        first.extend_from_slice(&deep[1..]);
+        first.extend_from_slice(&[0xa4, b'n', b'a', b'm', b'e', 0xa1, b'N']);
+        assert!(SignalView::parse(&first).is_err());
+        // A last map that lies about its size, or ends early.
+        for fields in [
+            &[0xdf, 0xff, 0xff, 0xff, 0xff][..],
+            &[0x82, 0xa1, b'a', 0x01],
+            &[0x81, 0xa1, b'a', 0xd9, 0x09, b'x'],
+        ] {
+            let mut bytes = vec![0x81, 0xa6, b'f', b'i', b'e', b'l', b'd', b's'];
+            bytes.extend_from_slice(fields);
+            let v = SignalView::parse(&bytes).unwrap();
+            assert!(v.i64_field("b").is_err(), "{bytes:x?}");
+            assert!(v.str_field("a").is_err() || fields[0] == 0x82, "{bytes:x?}");
+        }
     }
 }

@@ -271,11 +271,12 @@ pub struct Signal {
     /// When it happened, in milliseconds since the Unix epoch. A replayed
     /// signal keeps its original time.
     pub time: i64,
-    /// Free-form payload.
-    pub fields: Fields,
     /// True when a node that has just taken over runs a signal it stored
     /// while standby: the dead primary may already have acted on it.
     pub replayed: bool,
+    /// Free-form payload. Last on the wire, so a guest reads the fields
+    /// only when a rule asks for one.
+    pub fields: Fields,
 }
 
 impl Signal {
@@ -328,7 +329,7 @@ impl Signal {
 /// whole map as serde's internally tagged enums do), so it costs one pass.
 /// An unknown `"type"` is an error naming it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", try_from = "RawAction")]
+#[serde(tag = "type", rename_all = "snake_case", try_from = "RawAction<'_>")]
 pub enum Action {
     Notify(Notify),
     Raise(Raise),
@@ -338,9 +339,11 @@ pub enum Action {
 /// Every field any action has, for decoding [`Action`] in one pass.
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct RawAction {
-    #[serde(rename = "type")]
-    kind: String,
+struct RawAction<'a> {
+    /// Borrowed from the input when it can be (msgpack from a slice); a
+    /// decoder that cannot lend gets an owned copy.
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
     to: String,
     channel: String,
     subject: String,
@@ -351,11 +354,11 @@ struct RawAction {
     message: String,
 }
 
-impl TryFrom<RawAction> for Action {
+impl TryFrom<RawAction<'_>> for Action {
     type Error = String;
 
-    fn try_from(raw: RawAction) -> Result<Self, Self::Error> {
-        Ok(match raw.kind.as_str() {
+    fn try_from(raw: RawAction<'_>) -> Result<Self, Self::Error> {
+        Ok(match &*raw.kind {
             "notify" => Action::Notify(Notify {
                 to: raw.to,
                 channel: if raw.channel.is_empty() {
@@ -441,6 +444,17 @@ pub enum Level {
 }
 
 impl Level {
+    /// The level's name on the wire (`"warn"`...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+            Level::Trace => "trace",
+        }
+    }
+
     /// The level for an ABI level number; out-of-range numbers clamp to
     /// `Trace` (or `Error` for negatives).
     pub fn from_abi(level: i32) -> Level {

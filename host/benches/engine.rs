@@ -6,7 +6,10 @@
 //!   the full dispatch, in WebAssembly through a bare instance call (bytes in,
 //!   encoded action out), and natively through the same crate fed the same
 //!   msgpack bytes (decode, logic, encode the action).
-//! - `fanout/*`: the same signal to 1 and to 100 matching rules.
+//! - `light/wasm_dispatch`: a reading under the threshold rule's threshold
+//!   (one numeric field read and compared, nothing emitted), full dispatch.
+//! - `fanout/*`: the same signal to 1 and to 100 matching rules, and a
+//!   reading to 1 and to 100 light rules (`*_light_rules`).
 //! - `no_match/1000_rules`: a signal no rule matches, with 900 exact names
 //!   and 100 globs installed.
 //! - `floor/raw_wasmtime_call`: a typed call of an empty export.
@@ -132,6 +135,40 @@ fn failover_notify(c: &mut Criterion) {
     g.finish();
 }
 
+/// A reading below the threshold rule's default of 100: the rule reads one
+/// numeric field, compares it and emits nothing.
+fn light_signal() -> Signal {
+    Signal::new("SENSOR-7")
+        .with_key("sensor-7:1")
+        .with_source("sensor-7")
+        .with_time(1_763_780_000_000)
+        .with_field("value", 21.5)
+        .with_field("unit", "C")
+        .with_field("zone", "north-building")
+}
+
+/// The light rule (threshold, under its threshold): a dispatch that is
+/// mostly the host's own path and the guest's read of one field.
+fn light(c: &mut Criterion) {
+    let engine = engine();
+    let script = engine
+        .compile("threshold", &support::wasm("threshold"))
+        .unwrap();
+    let signal = light_signal();
+    let mut g = c.benchmark_group("light");
+    let mut rs = installed(&engine, vec![spec("threshold".into(), &script, vec![])]);
+    g.bench_function("wasm_dispatch", |b| {
+        b.iter(|| {
+            let Dispatch::Executed(o) = rs.dispatch(black_box(&signal)) else {
+                panic!("suppressed")
+            };
+            assert!(o.runs[0].actions.is_empty() && o.runs[0].error.is_none());
+            o
+        })
+    });
+    g.finish();
+}
+
 fn fanout(c: &mut Criterion) {
     let engine = engine();
     let script = engine
@@ -149,6 +186,28 @@ fn fanout(c: &mut Criterion) {
         g.bench_function(format!("{n}_rules"), |b| {
             b.iter(|| {
                 let Dispatch::Executed(o) = rs.dispatch(black_box(&signal)) else {
+                    panic!("suppressed")
+                };
+                assert_eq!(o.runs.len(), n);
+                o
+            })
+        });
+    }
+    // The per-rule cost of the dispatch itself: light rules.
+    let light = engine
+        .compile("threshold", &support::wasm("threshold"))
+        .unwrap();
+    let reading = light_signal();
+    for n in [1usize, 100] {
+        let mut rs = installed(
+            &engine,
+            (0..n)
+                .map(|i| spec(format!("threshold-{i:03}"), &light, vec![]))
+                .collect(),
+        );
+        g.bench_function(format!("{n}_light_rules"), |b| {
+            b.iter(|| {
+                let Dispatch::Executed(o) = rs.dispatch(black_box(&reading)) else {
                     panic!("suppressed")
                 };
                 assert_eq!(o.runs.len(), n);
@@ -226,6 +285,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(50);
-    targets = failover_notify, fanout, no_match, floor
+    targets = failover_notify, light, fanout, no_match, floor
 }
 criterion_main!(benches);

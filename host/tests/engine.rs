@@ -84,7 +84,7 @@ fn failover_on_notifies_through_the_real_failover_notify_wasm() {
     let o = executed(rs.dispatch(&on));
     assert_eq!(o.runs.len(), 1);
     assert_eq!(o.runs[0].error, None);
-    assert_eq!(&*o.runs[0].key, "k1");
+    assert_eq!(o.signal_of(&o.runs[0], &on).key, "k1");
     let n = notifies(&o);
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].to, "group:oncall");
@@ -139,15 +139,17 @@ fn door_held_open_keeps_state_and_its_raise_is_dispatched() {
     let t0 = 1_763_780_000_000;
     executed(rs.dispatch(&small("DOOR-4-OPEN").with_time(t0).with_key("a")));
     assert!(notifies(&executed(rs.dispatch(&small("TICK").with_time(t0 + 5_000)))).is_empty());
-    let o = executed(rs.dispatch(&small("TICK").with_time(t0 + 10_000).with_key("tick-2")));
+    let tick = small("TICK").with_time(t0 + 10_000).with_key("tick-2");
+    let o = executed(rs.dispatch(&tick));
     // The TICK run raises DOOR-HELD-OPEN and notifies; the raised signal
     // matches DOOR-*-OPEN and reaches the same rule one level down.
     assert_eq!(o.runs.len(), 2, "{o:#?}");
     assert_eq!(notifies(&o).len(), 1);
     assert!(matches!(&o.runs[0].actions[0], Action::Raise(r) if r.name == "DOOR-HELD-OPEN"));
     let raised = &o.runs[1];
-    assert_eq!((&*raised.signal, raised.depth), ("DOOR-HELD-OPEN", 1));
-    assert_eq!(&*raised.key, "tick-2/door/0");
+    let signal = o.signal_of(raised, &tick);
+    assert_eq!((signal.name.as_str(), raised.depth), ("DOOR-HELD-OPEN", 1));
+    assert_eq!(signal.key, "tick-2/door/0");
     assert_eq!(raised.error, None);
 }
 
@@ -388,7 +390,8 @@ fn raises_stop_at_the_depth_limit() {
     let script = e.compile("looper", &raiser("LOOP", &["LOOP"])).unwrap();
     assert_eq!(script.default_signals(), ["LOOP"]);
     let mut rs = ruleset(&e, vec![spec("looper", &script)]);
-    let o = executed(rs.dispatch(&small("LOOP").with_key("k")));
+    let looped = small("LOOP").with_key("k");
+    let o = executed(rs.dispatch(&looped));
     assert_eq!(o.runs.len(), 9, "depth 0 to 8");
     assert_eq!(o.runs[8].depth, 8);
     assert!(
@@ -396,7 +399,7 @@ fn raises_stop_at_the_depth_limit() {
         "{:?}",
         o.runs[8].rejected
     );
-    assert_eq!(&*o.runs[2].key, "k/looper/0/looper/0");
+    assert_eq!(o.signal_of(&o.runs[2], &looped).key, "k/looper/0/looper/0");
 }
 
 #[test]

@@ -135,6 +135,149 @@ fn run_fails_clearly_on_a_loop_or_a_trap_and_never_hangs() {
 }
 
 #[test]
+fn run_signals_runs_a_file_in_order_through_one_instance() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("readings.jsonl");
+    // Two readings above 100 in a row notify (count 2): only one instance
+    // remembering the first makes the second notify. A blank line is
+    // skipped; other sources do not mix in.
+    std::fs::write(
+        &list,
+        concat!(
+            r#"{"name": "SENSOR-1", "source": "s1", "fields": {"value": 150}}"#,
+            "\n\n",
+            r#"{"name": "SENSOR-1", "source": "s2", "fields": {"value": 20}}"#,
+            "\n",
+            r#"{"name": "SENSOR-1", "source": "s1", "fields": {"value": 160}}"#,
+            "\n",
+        ),
+    )
+    .expect("write");
+    let wasm = sample_wasm("threshold");
+    let r = tandem(&[
+        "rule",
+        "run",
+        path(&wasm),
+        "--signals",
+        path(&list),
+        "--config",
+        r#"{"count": 2}"#,
+    ]);
+    assert!(r.status.success(), "{r:?}");
+    let lines: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", r.stdout);
+    assert_eq!(
+        lines.iter().map(|l| l["line"].as_u64()).collect::<Vec<_>>(),
+        [Some(1), Some(3), Some(4)]
+    );
+    assert_eq!(lines[0]["actions"], serde_json::json!([]));
+    assert_eq!(lines[1]["actions"], serde_json::json!([]));
+    let actions = lines[2]["actions"].as_array().expect("actions");
+    assert_eq!(actions.len(), 1, "{}", r.stdout);
+    assert!(
+        actions[0]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("s1 reported value = 160")),
+        "{}",
+        r.stdout
+    );
+    assert!(lines.iter().all(|l| l["error"].is_null()));
+
+    // A line that is not a signal is refused, naming the line.
+    std::fs::write(&list, "{\"name\": \"SENSOR-1\"}\n[1, 2]\n").expect("write");
+    let r = tandem(&["rule", "run", path(&wasm), "--signals", path(&list)]);
+    assert!(!r.status.success());
+    assert!(r.stderr.contains("line 2 is not a signal object"), "{}", r.stderr);
+    // --signal and --signals together are refused; neither too.
+    let r = tandem(&[
+        "rule",
+        "run",
+        path(&wasm),
+        "--signals",
+        path(&list),
+        "--signal",
+        "X",
+    ]);
+    assert!(!r.status.success());
+    let r = tandem(&["rule", "run", path(&wasm)]);
+    assert!(!r.status.success());
+    assert!(r.stderr.contains("--signal"), "{}", r.stderr);
+}
+
+#[test]
+fn run_warns_about_raises_the_node_would_refuse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = assemble(&fixtures_dir().join("raise-host-only.wat"), dir.path());
+    let r = tandem(&["rule", "run", path(&wasm), "--signal", "X"]);
+    assert!(r.status.success(), "{r:?}");
+    assert!(r.stdout.contains("FAILOVER-ON"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("`FAILOVER-` signals are raised by the host only"),
+        "{}",
+        r.stderr
+    );
+    // A sample's own raise is fine: no warning.
+    let door = sample_wasm("door_held_open");
+    let list = dir.path().join("door.jsonl");
+    std::fs::write(
+        &list,
+        concat!(
+            r#"{"name": "DOOR-1-OPEN", "time": 1763780000000}"#,
+            "\n",
+            r#"{"name": "TICK", "time": 1763780100000}"#,
+            "\n"
+        ),
+    )
+    .expect("write");
+    let r = tandem(&["rule", "run", path(&door), "--signals", path(&list)]);
+    assert!(r.status.success(), "{r:?}");
+    assert!(r.stdout.contains("DOOR-HELD-OPEN"), "{}", r.stdout);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+}
+
+#[test]
+fn check_warns_about_a_debug_build() {
+    let release = sample_wasm("panic_button");
+    let r = tandem(&["rule", "check", path(&release)]);
+    assert!(r.status.success(), "{r:?}");
+    assert!(!r.stderr.contains("debug build"), "{}", r.stderr);
+    // The same module with DWARF appended, as a debug build carries it: a
+    // custom section `.debug_info` of 10,000 bytes.
+    let mut bytes = std::fs::read(&release).expect("read");
+    let payload = vec![0u8; 10_000];
+    let name = b".debug_info";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    bytes.push(0);
+    let mut len = section.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        bytes.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    bytes.extend_from_slice(&section);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let debug = dir.path().join("panic_button.wasm");
+    std::fs::write(&debug, &bytes).expect("write");
+    let r = tandem(&["rule", "check", path(&debug)]);
+    assert!(r.status.success(), "{r:?}");
+    let want = format!(
+        "this looks like a debug build: {} bytes, 10000 of them debug info",
+        bytes.len()
+    );
+    assert!(r.stderr.contains(&want), "{}", r.stderr);
+}
+
+#[test]
 fn run_refuses_bad_arguments() {
     let wasm = sample_wasm("panic_button");
     let r = tandem(&[

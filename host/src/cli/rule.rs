@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use tandem_guest::{Config, Signal, Value};
+use tandem_guest::{Action, Config, Signal, Value};
 
 use crate::engine::{Engine, EngineConfig, Script};
 
@@ -31,13 +31,22 @@ pub enum RuleCommand {
         #[arg(long)]
         config: Option<String>,
     },
-    /// Dry-run a module on one signal; actions are printed as JSON lines on
-    /// stdout. The guest is always called, whatever it subscribes to.
+    /// Dry-run a module on one signal (`--signal`), or on several through
+    /// one instance in order (`--signals FILE.jsonl`). Actions are printed
+    /// as JSON lines on stdout; raises the node would refuse are warned
+    /// about on stderr. The guest is always called, whatever it subscribes
+    /// to.
     Run {
         file: PathBuf,
         /// The signal's name.
-        #[arg(long)]
-        signal: String,
+        #[arg(long, required_unless_present = "signals", conflicts_with = "signals")]
+        signal: Option<String>,
+        /// A file of signals, one JSON object per line (`{"name": ...,
+        /// "fields": {...}}`, as `POST /api/v1/signals` takes); `-` reads
+        /// stdin. Each line's actions print as one JSON line
+        /// `{"line", "signal", "actions", "error"}`.
+        #[arg(long, value_name = "FILE.jsonl")]
+        signals: Option<PathBuf>,
         /// A field, `key=value`; the value is JSON if it parses, else a string.
         #[arg(long = "field", value_name = "KEY=VALUE")]
         fields: Vec<String>,
@@ -68,6 +77,18 @@ pub fn run(cmd: RuleCommand) -> anyhow::Result<()> {
         RuleCommand::Run {
             file,
             signal,
+            signals: Some(list),
+            config,
+            deadline,
+            ..
+        } => {
+            debug_assert!(signal.is_none());
+            run_many(&file, &list, config.as_deref(), deadline)
+        }
+        RuleCommand::Run {
+            file,
+            signal,
+            signals: None,
             fields,
             config,
             source,
@@ -76,6 +97,7 @@ pub fn run(cmd: RuleCommand) -> anyhow::Result<()> {
             replayed,
             deadline,
         } => {
+            let signal = signal.context("--signal NAME or --signals FILE.jsonl is needed")?;
             let mut sig = Signal::new(signal).with_source(source).with_key(key);
             sig.id = 1;
             sig.time = time.unwrap_or_else(|| (crate::engine::system_clock())());
@@ -135,6 +157,9 @@ fn check(file: &Path, config: Option<&str>) -> anyhow::Result<()> {
     let (engine, script) = load(file)?;
     engine.instantiate(&rule_name(file), &script, &config, None)?;
     println!("{}: ok", file.display());
+    if let Some(warning) = debug_build_warning(&std::fs::read(file)?) {
+        eprintln!("{warning}");
+    }
     println!("  abi: v{}", tandem_guest::ABI_VERSION);
     println!("  sha256: {}", hex::encode(script.sha256()));
     println!("  size: {} bytes", script.size());
@@ -152,6 +177,35 @@ fn check(file: &Path, config: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A warning when `wasm` carries DWARF, the mark of a debug build: its
+/// size beside the size without it, which release would beat (it also
+/// optimizes).
+pub fn debug_build_warning(wasm: &[u8]) -> Option<String> {
+    let debug = crate::engine::debug_info_bytes(wasm);
+    (debug > 0).then(|| {
+        format!(
+            "warning: this looks like a debug build: {} bytes, {debug} of them debug info; \
+             a release build (`cargo build --release --target wasm32-unknown-unknown`) \
+             would be under {} bytes, and faster",
+            wasm.len(),
+            wasm.len() - debug
+        )
+    })
+}
+
+/// Warnings for the raises in `actions` the node would refuse.
+pub fn raise_warnings(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Raise(r) => crate::engine::names::check_raise_name(&r.name)
+                .err()
+                .map(|why| format!("warning: the node would refuse this: {why}")),
+            _ => None,
+        })
+        .collect()
+}
+
 fn dry_run(
     file: &Path,
     signal: &Signal,
@@ -166,7 +220,88 @@ fn dry_run(
     for action in &actions {
         println!("{}", serde_json::to_string(action)?);
     }
+    for warning in raise_warnings(&actions) {
+        eprintln!("{warning}");
+    }
     result.with_context(|| format!("rule `{}` failed on {}", rule_name(file), signal.name))
+}
+
+/// Most lines `--signals` reads; more is refused, not truncated.
+const MAX_SIGNAL_LINES: usize = 100_000;
+
+/// `rule run --signals`: every line's signal through one instance, in
+/// order, as a node would run them (a trap discards the instance and the
+/// next line gets a fresh one). Fails at the end if any line failed.
+fn run_many(
+    file: &Path,
+    list: &Path,
+    config: Option<&str>,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let config = parse_config(config)?;
+    let (engine, script) = load(file)?;
+    let name = rule_name(file);
+    let reader: Box<dyn BufRead> = if list == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(list).with_context(|| format!("reading {}", list.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut instance = None;
+    let mut failed = 0usize;
+    let now = (crate::engine::system_clock())();
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
+        if n > MAX_SIGNAL_LINES {
+            bail!("{}: more than {MAX_SIGNAL_LINES} lines", list.display());
+        }
+        let line = line.with_context(|| format!("{}: line {n}", list.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut sig: Signal = serde_json::from_str(&line)
+            .with_context(|| format!("{}: line {n} is not a signal object", list.display()))?;
+        if sig.name.is_empty() {
+            bail!("{}: line {n} has no `name`", list.display());
+        }
+        // What a node fills in for a signal that leaves them out.
+        if sig.id == 0 {
+            sig.id = n as u64;
+        }
+        if sig.key.is_empty() {
+            sig.key = format!("dry-run-{n}");
+        }
+        if sig.time == 0 {
+            sig.time = now;
+        }
+        let inst = match &mut instance {
+            Some(inst) => inst,
+            None => instance.insert(engine.instantiate(&name, &script, &config, Some(deadline))?),
+        };
+        let (actions, result) = inst.call(&tandem_guest::wire::encode(&sig)?);
+        if result
+            .as_ref()
+            .is_err_and(crate::engine::CallError::is_trap)
+        {
+            instance = None;
+        }
+        for warning in raise_warnings(&actions) {
+            eprintln!("line {n}: {warning}");
+        }
+        let error = result.err().map(|e| {
+            failed += 1;
+            e.to_string()
+        });
+        println!(
+            "{}",
+            serde_json::json!({"line": n, "signal": sig.name, "actions": actions, "error": error})
+        );
+    }
+    if failed > 0 {
+        bail!("rule `{name}` failed on {failed} signal(s)");
+    }
+    Ok(())
 }
 
 fn new(name: &str, sdk: Option<PathBuf>, dir: &Path) -> anyhow::Result<()> {

@@ -36,6 +36,7 @@ pub use gate::{CommitGuard, Gate, GateGuard};
 pub use instance::Instance;
 pub use limits::MemoryBudget;
 pub use linker::{Clock, EmitLimits};
+pub use module::debug_info_bytes;
 pub use names::{valid_name, valid_pattern};
 pub use ruleset::{
     Dispatch, InstallReport, Outcome, RuleRun, RuleSet, RuleSpec, RuleStatus, derive_key,

@@ -42,6 +42,19 @@ pub fn read_default_signals(wasm: &[u8]) -> Result<Sections, String> {
     Ok(out)
 }
 
+/// Bytes of DWARF (`.debug_*` custom sections) in `wasm`: a debug build
+/// carries them, a release build does not. Unreadable bytes count nothing.
+pub fn debug_info_bytes(wasm: &[u8]) -> usize {
+    Parser::new(0)
+        .parse_all(wasm)
+        .map_while(Result::ok)
+        .filter_map(|payload| match payload {
+            Payload::CustomSection(s) if s.name().starts_with(".debug_") => Some(s.data().len()),
+            _ => None,
+        })
+        .sum()
+}
+
 fn sig(params: &[ValType], results: &[ValType]) -> String {
     let list = |v: &[ValType]| {
         v.iter()

@@ -9,12 +9,7 @@
 /// with one of these prefixes is refused.
 pub const HOST_ONLY_PREFIXES: [&str; 2] = ["FAILOVER-", "NOTIFY-"];
 
-/// Patterns one rule may subscribe to.
-pub const MAX_PATTERNS: usize = 256;
-/// Characters of one pattern.
-pub const MAX_PATTERN_LEN: usize = 128;
-/// `*` in one pattern.
-pub const MAX_STARS: usize = 8;
+pub use tandem_guest::names::{MAX_PATTERN_LEN, MAX_PATTERNS, MAX_STARS};
 
 /// Characters of a rule or script name.
 pub const MAX_RULE_NAME: usize = 128;
@@ -24,12 +19,7 @@ pub const RULE_NAME_RULE: &str = "rule and script names are 1 to 128 characters:
 /// Whether `pattern` has the syntax of a signal pattern:
 /// `[A-Z0-9*][A-Z0-9_*-]*` (see [`check_patterns`] for the limits).
 pub fn valid_pattern(pattern: &str) -> bool {
-    let mut chars = pattern.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '*')
-        && chars
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '*'))
+    tandem_guest::names::valid_pattern(pattern)
 }
 
 /// Whether `name` is a valid signal name: `[A-Z0-9][A-Z0-9_-]*`.
@@ -43,6 +33,22 @@ pub fn host_only(name: &str) -> Option<&'static str> {
         .iter()
         .find(|p| name.starts_with(*p))
         .copied()
+}
+
+/// Whether a rule may raise `name`: a valid signal name, not one only the
+/// host raises. The error says why not.
+pub fn check_raise_name(name: &str) -> Result<(), String> {
+    if !valid_name(name) {
+        return Err(format!(
+            "raise of `{name}` refused: not a valid signal name"
+        ));
+    }
+    if let Some(p) = host_only(name) {
+        return Err(format!(
+            "raise of `{name}` refused: `{p}` signals are raised by the host only"
+        ));
+    }
+    Ok(())
 }
 
 /// Check one rule's patterns: syntax, count, length and stars. The error
@@ -66,7 +72,7 @@ pub fn check_patterns(patterns: &[String]) -> Result<(), String> {
                 "invalid signal pattern `{p}`: use A-Z, 0-9, `_`, `-` and `*`"
             ));
         }
-        let stars = p.matches('*').count();
+        let stars = tandem_guest::names::stars(p);
         if stars > MAX_STARS {
             return Err(format!(
                 "signal pattern `{p}` has {stars} `*`; at most {MAX_STARS} are allowed"

@@ -40,13 +40,11 @@ pub struct RuleSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleRun {
     pub rule: Arc<str>,
-    /// The name of the signal it ran for (the original or a raised one).
-    pub signal: Arc<str>,
-    /// That signal's key: notification ids derive from it.
-    pub key: Arc<str>,
     /// 0 for the original signal, n for a signal raised n levels down.
     pub depth: u32,
-    /// 0 for the dispatched signal, i for `Outcome::raised[i - 1]`.
+    /// 0 for the dispatched signal, i for `Outcome::raised[i - 1]`: the
+    /// signal it ran for, whose key notification ids derive from
+    /// ([`Outcome::signal_of`]).
     pub origin: usize,
     pub actions: Vec<Action>,
     pub error: Option<CallError>,
@@ -424,14 +422,9 @@ impl RuleSet {
             tracing::error!(signal = %sig.name, "could not encode signal: {e}");
             return;
         }
-        let current = Current {
-            sig,
-            name: sig.name.as_str().into(),
-            key: sig.key.as_str().into(),
-            depth,
-            origin,
-        };
+        let current = Current { sig, depth };
         let cap = self.engine.config().max_runs as usize;
+        outcome.runs.reserve(epochs.len());
         for (i, &epoch) in epochs.iter().enumerate() {
             // Raises already queued hold their place under the cap.
             if outcome.runs.len() + queue.len() >= cap {
@@ -441,8 +434,20 @@ impl RuleSet {
             let idx = self.matched[i] as usize;
             let budget = cap.saturating_sub(outcome.runs.len() + queue.len() + 1);
             let was_quarantined = self.rules[idx].quarantined;
-            let mut run = self.call(idx, &current, queue, budget, &mut outcome.capped);
-            run.epoch = epoch;
+            // Built in place: a run is too big to move around cheaply.
+            outcome.runs.push(RuleRun {
+                rule: self.rules[idx].name.clone(),
+                depth,
+                origin,
+                actions: Vec::new(),
+                error: None,
+                rejected: Vec::new(),
+                group: self.rules[idx].spec.group.clone(),
+                epoch,
+            });
+            if let Some(run) = outcome.runs.last_mut() {
+                self.call(idx, &current, queue, budget, &mut outcome.capped, run);
+            }
             let rule = &self.rules[idx];
             if rule.quarantined && !was_quarantined {
                 self.newly_quarantined.push((
@@ -450,14 +455,14 @@ impl RuleSet {
                     rule.last_error.clone().unwrap_or_default(),
                 ));
             }
-            outcome.runs.push(run);
         }
         self.epochs = epochs;
     }
 
-    /// Call rule `idx` with the encoded signal in `self.encoded`. At most
-    /// `budget` of its raises are queued; the rest are refused (added to
-    /// `capped`), which counts towards the rule's quarantine like a trap.
+    /// Call rule `idx` with the encoded signal in `self.encoded`, filling
+    /// in `run`. At most `budget` of its raises are queued; the rest are
+    /// refused (added to `capped`), which counts towards the rule's
+    /// quarantine like a trap.
     fn call(
         &mut self,
         idx: usize,
@@ -465,30 +470,19 @@ impl RuleSet {
         queue: &mut VecDeque<(Signal, u32)>,
         budget: usize,
         capped: &mut u32,
-    ) -> RuleRun {
+        run: &mut RuleRun,
+    ) {
         let (sig, depth) = (current.sig, current.depth);
         let max_depth = self.engine.config().raise_depth;
         let stats = self.engine.stats();
         let quarantine_after = self.engine.config().quarantine_after;
         let rule = &mut self.rules[idx];
-        let mut run = RuleRun {
-            rule: rule.name.clone(),
-            signal: current.name.clone(),
-            key: current.key.clone(),
-            depth,
-            origin: current.origin,
-            actions: Vec::new(),
-            error: None,
-            rejected: Vec::new(),
-            group: rule.spec.group.clone(),
-            epoch: 0,
-        };
         if rule.quarantined {
             run.error = Some(CallError::Quarantined {
                 traps: rule.traps_in_row,
                 last: rule.last_error.clone().unwrap_or_default(),
             });
-            return run;
+            return;
         }
         if rule.instance.is_none() {
             match self.engine.instantiate_encoded(
@@ -502,12 +496,12 @@ impl RuleSet {
                     let error = CallError::NotInstantiated(e.to_string());
                     Self::note_trap(rule, &error, stats, quarantine_after);
                     run.error = Some(error);
-                    return run;
+                    return;
                 }
             }
         }
         let Some(instance) = rule.instance.as_mut() else {
-            return run;
+            return;
         };
         EngineStats::bump(&stats.calls);
         let (actions, result) = instance.call(&self.encoded);
@@ -570,7 +564,6 @@ impl RuleSet {
             self.ok_rules.push(idx);
         }
         run.actions = actions;
-        run
     }
 
     /// Count a trap (or a cap hit) against `rule`, quarantining it after
@@ -655,26 +648,14 @@ impl RuleSet {
     }
 }
 
-/// The signal being dispatched, with its name and key shared by every run.
+/// The signal being dispatched, and how deep among raises.
 struct Current<'a> {
     sig: &'a Signal,
-    name: Arc<str>,
-    key: Arc<str>,
     depth: u32,
-    origin: usize,
 }
 
 fn check_raise(name: &str, depth: u32, max_depth: u32) -> Result<(), String> {
-    if !super::valid_name(name) {
-        return Err(format!(
-            "raise of `{name}` refused: not a valid signal name"
-        ));
-    }
-    if let Some(p) = super::names::host_only(name) {
-        return Err(format!(
-            "raise of `{name}` refused: `{p}` signals are raised by the host only"
-        ));
-    }
+    super::names::check_raise_name(name)?;
     if depth + 1 > max_depth {
         return Err(format!(
             "raise of `{name}` refused: raise depth limit of {max_depth} reached"

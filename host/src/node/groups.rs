@@ -153,7 +153,7 @@ impl Node {
                             self.run_grouped(&tx, &mut rules, &signal, now, Some(group), true)?;
                         match &run {
                             Run::Executed(o, _) => {
-                                events::append_outcome(&tx, id, &outcome_json(o), flag)?;
+                                events::append_outcome(&tx, id, &outcome_json(o, &signal), flag)?;
                                 summary.executed += 1;
                                 progressed = true;
                                 results.push((signal, run));

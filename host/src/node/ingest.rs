@@ -231,7 +231,7 @@ impl Node {
             status: self.status_of(run),
             replayed: signal.replayed,
             outcome: match run {
-                Run::Executed(o, _) => Some(outcome_json(o).to_string()),
+                Run::Executed(o, _) => Some(outcome_json(o, signal).to_string()),
                 _ => None,
             },
         }
@@ -295,16 +295,17 @@ impl Node {
 /// The JSON the event log keeps of a dispatch: one object per rule run,
 /// and, when the signal reached the cap of rule runs, a last object
 /// `{"capped": N}` counting the runs and raises refused.
-pub(super) fn outcome_json(o: &Outcome) -> serde_json::Value {
+pub(super) fn outcome_json(o: &Outcome, dispatched: &Signal) -> serde_json::Value {
     let capped = (o.capped > 0).then(|| serde_json::json!({ "capped": o.capped }));
     serde_json::Value::Array(
         o.runs
             .iter()
             .map(|r| {
+                let signal = o.signal_of(r, dispatched);
                 let mut run = serde_json::json!({
                     "rule": &*r.rule,
-                    "signal": &*r.signal,
-                    "key": &*r.key,
+                    "signal": &signal.name,
+                    "key": &signal.key,
                     "depth": r.depth,
                     "actions": r.actions,
                     "error": r.error.as_ref().map(|e| serde_json::json!({"kind": e.kind(), "message": e.to_string()})),

@@ -16,12 +16,17 @@ pub(super) fn queue_notifications(
     now: i64,
 ) -> Result<u64, StoreError> {
     let mut queued = 0;
+    // The JSON of each signal (dispatched or raised) that notified, built
+    // once however many rules and actions notify for it.
+    let mut signal_jsons: Vec<Option<String>> = Vec::new();
     for run in &o.runs {
-        let signal = o.signal_of(run, dispatched);
-        let mut signal_json = None;
         for (index, action) in run.actions.iter().enumerate() {
             let Action::Notify(n) = action else { continue };
-            let signal_json = signal_json.get_or_insert_with(|| {
+            if signal_jsons.len() <= run.origin {
+                signal_jsons.resize(run.origin + 1, None);
+            }
+            let signal = o.signal_of(run, dispatched);
+            let signal_json = signal_jsons[run.origin].get_or_insert_with(|| {
                 serde_json::to_string(signal).unwrap_or_else(|_| "{}".into())
             });
             // Recipients resolve by the address kind a sink needs: an
@@ -50,7 +55,7 @@ pub(super) fn queue_notifications(
                     .unwrap_or_default();
                 for to in recipients {
                     let row = NewNotification {
-                        id: notification_id(&run.key, &run.rule, index, to),
+                        id: notification_id(&signal.key, &run.rule, index, to),
                         sink: sink.name.clone(),
                         event_id: dispatched.id,
                         rule: run.rule.to_string(),

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use tandem_guest::time::format_utc;
-use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, SignalView, Value, export_rule};
+use tandem_guest::{Config, Ctx, Error, Notify, Rule, SignalView, Value, export_rule};
 
 /// The signal this rule raises.
 pub const HELD_OPEN: &str = "DOOR-HELD-OPEN";
@@ -105,17 +105,15 @@ impl Rule for DoorHeldOpen {
                     ("seconds", Value::Int(seconds)),
                 ],
             );
-            ctx.emit(Action::Notify(
-                Notify::new(
-                    &self.to,
-                    format!("Door {door} held open"),
-                    format!(
-                        "door {door} has been open since {} (more than {seconds} s)",
-                        format_utc(timer.opened_at)
-                    ),
-                )
-                .on_channel(&self.channel),
-            ));
+            ctx.notify_on(
+                &self.channel,
+                &self.to,
+                format!("Door {door} held open"),
+                format!(
+                    "door {door} has been open since {} (more than {seconds} s)",
+                    format_utc(timer.opened_at)
+                ),
+            );
         }
         Ok(())
     }
@@ -176,8 +174,9 @@ mod tests {
         h.signal(&at("DOOR-2-OPEN", T0 + 20_000)).unwrap();
         let a = h.signal(&at("DOOR-3-CLOSE", T0 + 31_000)).unwrap();
         assert_eq!(a.len(), 2, "only door 1 is due: {a:?}");
-        let a = h.signal(&at("TICK", T0 + 51_000)).unwrap();
-        assert_eq!(a.len(), 2, "door 2 is due: {a:?}");
+        let raised = h.raises(&at("TICK", T0 + 51_000)).unwrap();
+        assert_eq!(raised.len(), 1, "door 2 is due: {raised:?}");
+        assert_eq!(raised[0].fields.get("door"), Some(&Value::from("2")));
     }
 
     #[test]

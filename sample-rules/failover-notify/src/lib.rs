@@ -12,7 +12,7 @@
 //! the group and the two nodes.
 
 use tandem_guest::time::format_utc;
-use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, SignalView, export_rule};
+use tandem_guest::{Config, Ctx, Error, Notify, Rule, SignalView, export_rule};
 
 /// The rule's state: only its config.
 #[derive(Debug)]
@@ -60,9 +60,7 @@ impl Rule for FailoverNotify {
                 ),
                 _ => return Ok(()),
             };
-            ctx.emit(Action::Notify(
-                Notify::new(&self.to, subject, body).on_channel(&self.channel),
-            ));
+            ctx.notify_on(&self.channel, &self.to, subject, body);
             return Ok(());
         }
         let (subject, body) = match signal.name {
@@ -84,9 +82,7 @@ impl Rule for FailoverNotify {
             ),
             _ => return Ok(()),
         };
-        ctx.emit(Action::Notify(
-            Notify::new(&self.to, subject, body).on_channel(&self.channel),
-        ));
+        ctx.notify_on(&self.channel, &self.to, subject, body);
         Ok(())
     }
 }

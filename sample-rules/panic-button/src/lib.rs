@@ -7,7 +7,7 @@
 //! The message names the button (`source`) and where it is (the `location`
 //! field), the two things a guard needs first.
 
-use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, SignalView, export_rule};
+use tandem_guest::{Config, Ctx, Error, Notify, Rule, SignalView, export_rule};
 
 /// The rule's state: only its config.
 #[derive(Debug)]
@@ -38,9 +38,7 @@ impl Rule for PanicButton {
         let location = signal.str_field("location")?.unwrap_or("unknown location");
         let subject = format!("PANIC at {location}");
         let body = format!("{} from {source} at {location}", signal.name);
-        ctx.emit(Action::Notify(
-            Notify::new(&self.to, subject, body).on_channel(&self.channel),
-        ));
+        ctx.notify_on(&self.channel, &self.to, subject, body);
         Ok(())
     }
 }

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use tandem_guest::{Action, Config, Ctx, Error, Notify, Rule, SignalView, export_rule};
+use tandem_guest::{Config, Ctx, Error, Notify, Rule, SignalView, export_rule};
 
 #[derive(Debug, Default)]
 struct Streak {
@@ -80,6 +80,13 @@ impl Rule for Threshold {
         let Some(reading) = reading else {
             return Ok(());
         };
+        if reading <= self.above {
+            // The excursion, if any, ends; a source never above has none.
+            if let Some(streak) = self.streaks.get_mut(signal.source) {
+                *streak = Streak::default();
+            }
+            return Ok(());
+        }
         // A source seen before costs no allocation.
         if !self.streaks.contains_key(signal.source) {
             self.streaks
@@ -88,10 +95,6 @@ impl Rule for Threshold {
         let Some(streak) = self.streaks.get_mut(signal.source) else {
             return Ok(());
         };
-        if reading <= self.above {
-            *streak = Streak::default();
-            return Ok(());
-        }
         streak.run += 1;
         if streak.run >= self.count && !streak.notified {
             streak.notified = true;
@@ -100,17 +103,15 @@ impl Rule for Threshold {
             } else {
                 signal.source
             };
-            ctx.emit(Action::Notify(
-                Notify::new(
-                    &self.to,
-                    format!("{who}: {} above {}", self.field, self.above),
-                    format!(
-                        "{who} reported {} = {reading}, above {} for {} readings in a row",
-                        self.field, self.above, streak.run
-                    ),
-                )
-                .on_channel(&self.channel),
-            ));
+            ctx.notify_on(
+                &self.channel,
+                &self.to,
+                format!("{who}: {} above {}", self.field, self.above),
+                format!(
+                    "{who} reported {} = {reading}, above {} for {} readings in a row",
+                    self.field, self.above, streak.run
+                ),
+            );
         }
         Ok(())
     }
