@@ -237,6 +237,87 @@ async fn signals_are_stored_with_their_outcome() {
     assert_eq!(event_count(&h).await, 1);
 }
 
+/// A signal a rule raises is an event of its own, found by its name and
+/// linked to the event that raised it; the parent's outcome still lists
+/// every run.
+#[tokio::test]
+async fn a_raised_signal_is_an_event_linked_to_its_parent() {
+    let h = node(true);
+    let wasm = common::sample_wasm("door_held_open");
+    let (s, v) = call(&h, "PUT", "/api/v1/scripts/door", Some("admin"), wasm).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(
+        &h,
+        "PUT",
+        "/api/v1/rules/door",
+        Some("admin"),
+        r#"{"script": "door", "signals": ["DOOR-*-OPEN", "TICK"], "config": {"seconds": 10}}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let t0 = 1_763_780_000_000_i64;
+    let (s, v) = call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        Some("ingest"),
+        format!(
+            r#"[{{"name":"DOOR-4-OPEN","key":"open","time":{t0}}},
+               {{"name":"TICK","key":"tick","time":{}}}]"#,
+            t0 + 11_000
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let tick_id = v["accepted"][1]["id"].as_u64().unwrap();
+    let (_, raised) = call(
+        &h,
+        "GET",
+        "/api/v1/events?name=DOOR-HELD-OPEN",
+        Some("admin"),
+        Body::empty(),
+    )
+    .await;
+    let raised = raised.as_array().unwrap();
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    let e = &raised[0];
+    assert_eq!(e["status"], "raised");
+    assert_eq!(e["parent"], tick_id);
+    assert_eq!(e["key"], "tick/door/0");
+    assert_eq!(e["source"], "door");
+    assert_eq!(e["time"], t0 + 11_000);
+    assert_eq!(e["fields"]["door"], "4");
+    assert!(e["id"].as_u64().unwrap() > tick_id);
+    // Its own outcome: the run it caused (DOOR-HELD-OPEN matches
+    // DOOR-*-OPEN), one level down; the parent's lists both runs.
+    let runs = e["outcome"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(
+        (runs[0]["rule"].as_str(), runs[0]["depth"].as_u64()),
+        (Some("door"), Some(1))
+    );
+    assert_eq!(runs[0]["signal"], "DOOR-HELD-OPEN");
+    let (_, all) = call(&h, "GET", "/api/v1/events", Some("admin"), Body::empty()).await;
+    let tick = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == tick_id)
+        .unwrap();
+    assert_eq!(tick["parent"], serde_json::Value::Null);
+    assert_eq!(tick["outcome"].as_array().unwrap().len(), 2, "{tick}");
+    // The next signal's id is above every raised one's.
+    let (_, v) = call(
+        &h,
+        "POST",
+        "/api/v1/signals",
+        Some("ingest"),
+        r#"{"name":"X"}"#,
+    )
+    .await;
+    assert!(v["accepted"][0]["id"].as_u64().unwrap() > e["id"].as_u64().unwrap());
+}
+
 #[tokio::test]
 async fn an_invalid_script_is_refused_and_the_old_one_keeps_running() {
     let h = node(true);

@@ -191,7 +191,11 @@ fn run_signals_runs_a_file_in_order_through_one_instance() {
     std::fs::write(&list, "{\"name\": \"SENSOR-1\"}\n[1, 2]\n").expect("write");
     let r = tandem(&["rule", "run", path(&wasm), "--signals", path(&list)]);
     assert!(!r.status.success());
-    assert!(r.stderr.contains("line 2 is not a signal object"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("line 2 is not a signal object"),
+        "{}",
+        r.stderr
+    );
     // --signal and --signals together are refused; neither too.
     let r = tandem(&[
         "rule",
@@ -360,6 +364,87 @@ fn new_scaffolds_a_crate_that_tests_builds_and_runs() {
     ]);
     assert!(r.status.success(), "{r:?}");
     assert!(r.stdout.contains("ALARM-2 in dock"), "{}", r.stdout);
+}
+
+/// Every template scaffolds a crate whose own tests pass; the window
+/// template, built to wasm, raises ALARM-STORM from a file of alarms.
+#[test]
+fn new_templates_each_pass_their_tests_and_the_window_one_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scaffold_target = target_dir().join("scaffold");
+    let limit = Duration::from_secs(600);
+    for (template, tests) in [("failover", 2), ("window", 2), ("threshold", 2)] {
+        let name = format!("my-{template}");
+        let r = tandem(&[
+            "rule",
+            "new",
+            &name,
+            "--template",
+            template,
+            "--dir",
+            path(dir.path()),
+        ]);
+        assert!(r.status.success(), "{template}: {r:?}");
+        let krate = dir.path().join(&name);
+        std::fs::copy(repo_root().join("Cargo.lock"), krate.join("Cargo.lock")).expect("copy lock");
+        let cargo = |args: &[&str]| {
+            let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            c.current_dir(&krate)
+                .env("CARGO_TARGET_DIR", &scaffold_target)
+                .args(args);
+            run_with_limit(&mut c, limit)
+        };
+        let t = cargo(&["test", "--quiet"]);
+        assert!(t.status.success(), "{template}: cargo test: {}", t.stderr);
+        assert!(
+            t.stdout.contains(&format!("{tests} passed")),
+            "{template}: {}",
+            t.stdout
+        );
+        if template != "window" {
+            continue;
+        }
+        let b = cargo(&[
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+        ]);
+        assert!(b.status.success(), "cargo build: {}", b.stderr);
+        let wasm = scaffold_target.join("wasm32-unknown-unknown/release/my_window.wasm");
+        let list = dir.path().join("alarms.jsonl");
+        let lines: String = [0, 10, 20]
+            .iter()
+            .map(|s| {
+                format!(
+                    "{{\"name\": \"ALARM-1\", \"source\": \"door-7\", \"time\": {}}}\n",
+                    1_763_780_000_000_i64 + s * 1000
+                )
+            })
+            .collect();
+        std::fs::write(&list, lines).expect("write");
+        let r = tandem(&["rule", "run", path(&wasm), "--signals", path(&list)]);
+        assert!(r.status.success(), "{r:?}");
+        let last: serde_json::Value =
+            serde_json::from_str(r.stdout.lines().last().expect("a line")).expect("JSON");
+        let raise = &last["actions"][1];
+        assert_eq!(raise["type"], "raise", "{}", r.stdout);
+        assert_eq!(raise["name"], "ALARM-STORM");
+        assert_eq!(raise["fields"]["count"], 3);
+        assert_eq!(raise["fields"]["source"], "door-7");
+    }
+    let r = tandem(&[
+        "rule",
+        "new",
+        "x",
+        "--template",
+        "nope",
+        "--dir",
+        path(dir.path()),
+    ]);
+    assert!(!r.status.success());
+    assert!(r.stderr.contains("failover"), "{}", r.stderr);
 }
 
 #[test]

@@ -9,6 +9,32 @@ use tandem_guest::{Action, Config, Signal, Value};
 
 use crate::engine::{Engine, EngineConfig, Script};
 
+/// The rules `rule new` can start from; each is a working rule with its
+/// own tests (`host/src/cli/rule_templates/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Template {
+    /// Notify on every ALARM-* signal, with its zone.
+    Alarm,
+    /// Tell IT when a server (or a cluster group) failed over and back.
+    Failover,
+    /// COUNT alarms from one source within SECONDS raise ALARM-STORM.
+    Window,
+    /// A reading above a threshold COUNT times in a row notifies once.
+    Threshold,
+}
+
+impl Template {
+    /// The template's `src/lib.rs`, its type named `MyRule`.
+    fn source(self) -> &'static str {
+        match self {
+            Template::Alarm => include_str!("rule_templates/alarm.rs.in"),
+            Template::Failover => include_str!("rule_templates/failover.rs.in"),
+            Template::Window => include_str!("rule_templates/window.rs.in"),
+            Template::Threshold => include_str!("rule_templates/threshold.rs.in"),
+        }
+    }
+}
+
 /// Rule author commands.
 #[derive(Debug, Subcommand)]
 pub enum RuleCommand {
@@ -22,6 +48,9 @@ pub enum RuleCommand {
         /// Parent directory for the new crate.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// What the rule starts as.
+        #[arg(long, value_enum, default_value_t = Template::Alarm)]
+        template: Template,
     },
     /// Validate a module: ABI marker, exports, imports, default signals, and
     /// an instantiation with its init.
@@ -72,7 +101,12 @@ pub enum RuleCommand {
 /// Run a rule command.
 pub fn run(cmd: RuleCommand) -> anyhow::Result<()> {
     match cmd {
-        RuleCommand::New { name, sdk, dir } => new(&name, sdk, &dir),
+        RuleCommand::New {
+            name,
+            sdk,
+            dir,
+            template,
+        } => new(&name, sdk, &dir, template),
         RuleCommand::Check { file, config } => check(&file, config.as_deref()),
         RuleCommand::Run {
             file,
@@ -304,7 +338,7 @@ fn run_many(
     Ok(())
 }
 
-fn new(name: &str, sdk: Option<PathBuf>, dir: &Path) -> anyhow::Result<()> {
+fn new(name: &str, sdk: Option<PathBuf>, dir: &Path, template: Template) -> anyhow::Result<()> {
     let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -336,7 +370,7 @@ fn new(name: &str, sdk: Option<PathBuf>, dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(root.join("src"))
         .with_context(|| format!("creating {}", root.display()))?;
-    let files = scaffold(name, &sdk);
+    let files = scaffold(name, &sdk, template);
     for (path, text) in &files {
         std::fs::write(root.join(path), text).with_context(|| format!("writing {path}"))?;
     }
@@ -365,7 +399,7 @@ fn camel(name: &str) -> String {
 }
 
 /// The files of a new rule crate.
-fn scaffold(name: &str, sdk: &Path) -> Vec<(&'static str, String)> {
+fn scaffold(name: &str, sdk: &Path, template: Template) -> Vec<(&'static str, String)> {
     let ty = camel(name);
     let sdk = sdk
         .display()
@@ -394,65 +428,7 @@ lto = true
 [workspace]
 "#
     );
-    let lib = format!(
-        r#"//! A Tandem rule: notify when a sensor reports an alarm.
-//!
-//! Build: `cargo build --target wasm32-unknown-unknown --release`.
-
-use tandem_guest::{{export_rule, Config, Ctx, Error, Rule, SignalView}};
-
-/// The rule's state lives here, between signals.
-#[derive(Debug)]
-pub struct {ty} {{
-    to: String,
-    seen: u64,
-}}
-
-impl Rule for {ty} {{
-    /// The signals it subscribes to unless its rule row says otherwise.
-    const SIGNALS: &'static [&'static str] = &["ALARM-*"];
-
-    fn init(config: &Config) -> Result<Self, Error> {{
-        Ok({ty} {{
-            to: config.str_or("to", "group:security")?.to_owned(),
-            seen: 0,
-        }})
-    }}
-
-    fn on_signal(&mut self, signal: &SignalView<'_>, ctx: &mut Ctx) -> Result<(), Error> {{
-        self.seen += 1;
-        // Absent: the default; present but not a string: an error naming it.
-        let zone = signal.str_field("zone")?.unwrap_or("unknown zone");
-        ctx.notify(
-            &self.to,
-            format!("{{}} in {{zone}}", signal.name),
-            format!("{{}} from {{}} (alarm #{{}} since start)", signal.name, signal.source, self.seen),
-        );
-        Ok(())
-    }}
-}}
-
-export_rule!({ty});
-
-#[cfg(test)]
-mod tests {{
-    use super::*;
-    use tandem_guest::Signal;
-    use tandem_guest::testing::Harness;
-
-    #[test]
-    fn notifies_with_the_zone() {{
-        let mut rule = Harness::<{ty}>::new(&Config::new()).unwrap();
-        let sent = rule
-            .notifications(&Signal::new("ALARM-1").with_source("sensor-9").with_field("zone", "north"))
-            .unwrap();
-        assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].to, "group:security");
-        assert_eq!(sent[0].subject, "ALARM-1 in north");
-    }}
-}}
-"#
-    );
+    let lib = template.source().replace("MyRule", &ty);
     vec![
         ("Cargo.toml", cargo),
         ("src/lib.rs", lib),

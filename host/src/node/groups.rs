@@ -154,6 +154,7 @@ impl Node {
                         match &run {
                             Run::Executed(o, _) => {
                                 events::append_outcome(&tx, id, &outcome_json(o, &signal), flag)?;
+                                self.record_raised(&tx, &signal, o, now)?;
                                 summary.executed += 1;
                                 progressed = true;
                                 results.push((signal, run));

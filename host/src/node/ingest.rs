@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use tandem_guest::Signal;
 
+use crate::engine::RuleRun;
+
 use super::notify::queue_notifications;
 use super::*;
 
@@ -126,13 +128,16 @@ impl Node {
                             self.run_one(&tx, &mut rules, &signal, duplicate, now)?
                         };
                         rows.push(self.event_row(&signal, &run, now));
+                        if let Run::Executed(o, _) = &run {
+                            rows.extend(self.raised_rows(&signal, o, now));
+                        }
                         results.push((signal, run));
                     }
                     save_quarantines(&tx, &mut rules)?;
                 }
                 events::insert(&tx, &rows)?;
-                if let Some(last) = rows.last() {
-                    events::save_next_id(&tx, last.id + 1)?;
+                if let Some(max) = rows.iter().map(|r| r.id).max() {
+                    events::save_next_id(&tx, max + 1)?;
                 }
                 let queued = self.finish(&tx, &results, now)?;
                 if may_run && !self.gate.within_deadline() {
@@ -205,6 +210,50 @@ impl Node {
         })
     }
 
+    /// The signals `o`'s rules raised, as events of their own (status
+    /// `raised`) linked to `parent`, each with the runs it caused.
+    pub(super) fn raised_rows(
+        &self,
+        parent: &Signal,
+        o: &Outcome,
+        now: i64,
+    ) -> Vec<events::NewEvent> {
+        o.raised
+            .iter()
+            .enumerate()
+            .map(|(i, raised)| events::NewEvent {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                key: raised.key.clone(),
+                name: raised.name.clone(),
+                source: raised.source.clone(),
+                time: raised.time,
+                received_at: now,
+                fields: serde_json::to_string(&raised.fields).unwrap_or_else(|_| "{}".into()),
+                node: self.config.node.name.clone(),
+                status: "raised",
+                replayed: raised.replayed,
+                outcome: Some(runs_json(o, parent, |r| r.origin == i + 1).to_string()),
+                parent: Some(parent.id),
+            })
+            .collect()
+    }
+
+    /// [`Node::raised_rows`], stored (inside the caller's transaction).
+    pub(super) fn record_raised(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        parent: &Signal,
+        o: &Outcome,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let rows = self.raised_rows(parent, o, now);
+        events::insert(tx, &rows)?;
+        if let Some(max) = rows.iter().map(|r| r.id).max() {
+            events::save_next_id(tx, max + 1)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn status_of(&self, run: &Run) -> &'static str {
         match run {
             Run::Executed(..) => "executed",
@@ -234,6 +283,7 @@ impl Node {
                 Run::Executed(o, _) => Some(outcome_json(o, signal).to_string()),
                 _ => None,
             },
+            parent: None,
         }
     }
 
@@ -297,9 +347,23 @@ impl Node {
 /// `{"capped": N}` counting the runs and raises refused.
 pub(super) fn outcome_json(o: &Outcome, dispatched: &Signal) -> serde_json::Value {
     let capped = (o.capped > 0).then(|| serde_json::json!({ "capped": o.capped }));
+    let serde_json::Value::Array(mut runs) = runs_json(o, dispatched, |_| true) else {
+        return serde_json::Value::Null;
+    };
+    runs.extend(capped);
+    serde_json::Value::Array(runs)
+}
+
+/// The runs of `o` that `keep` selects, as [`outcome_json`] writes them.
+fn runs_json(
+    o: &Outcome,
+    dispatched: &Signal,
+    keep: impl Fn(&RuleRun) -> bool,
+) -> serde_json::Value {
     serde_json::Value::Array(
         o.runs
             .iter()
+            .filter(|r| keep(r))
             .map(|r| {
                 let signal = o.signal_of(r, dispatched);
                 let mut run = serde_json::json!({
@@ -318,7 +382,6 @@ pub(super) fn outcome_json(o: &Outcome, dispatched: &Signal) -> serde_json::Valu
                 }
                 run
             })
-            .chain(capped)
             .collect(),
     )
 }

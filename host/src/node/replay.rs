@@ -68,7 +68,10 @@ impl Node {
                             break;
                         }
                         let outcome = match &status {
-                            Run::Executed(o, _) => Some(outcome_json(o, &signal).to_string()),
+                            Run::Executed(o, _) => {
+                                self.record_raised(&tx, &signal, o, now)?;
+                                Some(outcome_json(o, &signal).to_string())
+                            }
                             _ => None,
                         };
                         events::set_status(

@@ -18,18 +18,21 @@ pub struct NewEvent {
     /// JSON object.
     pub fields: String,
     pub node: String,
-    /// `executed`, `suppressed` or `pending`.
+    /// `executed`, `suppressed`, `pending`, `covered`, or `raised` for a
+    /// signal a rule raised.
     pub status: &'static str,
     pub replayed: bool,
     /// JSON of the rules' runs, if any ran.
     pub outcome: Option<String>,
+    /// For a raised signal: the event whose dispatch raised it.
+    pub parent: Option<u64>,
 }
 
 /// Insert events (inside the caller's transaction).
 pub fn insert(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO event_log (id, key, name, source, time, received_at, fields, node, status, replayed, outcome)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO event_log (id, key, name, source, time, received_at, fields, node, status, replayed, outcome, parent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     for e in events {
         stmt.execute(params![
@@ -43,7 +46,8 @@ pub fn insert(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<(), StoreErro
             e.node,
             e.status,
             e.replayed,
-            e.outcome
+            e.outcome,
+            e.parent.map(|p| p as i64)
         ])?;
     }
     Ok(())
@@ -61,8 +65,14 @@ pub fn next_id(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 /// Remember that ids below `next` are used (inside the ingest transaction).
+/// Never lowers what is stored: ids are handed out before the write
+/// transaction, so transactions may commit out of id order.
 pub fn save_next_id(tx: &Transaction<'_>, next: u64) -> Result<(), StoreError> {
-    super::set_setting(tx, NEXT_ID_KEY, next)
+    let stored: u64 = super::setting(tx, NEXT_ID_KEY)?.unwrap_or(0);
+    if next > stored {
+        super::set_setting(tx, NEXT_ID_KEY, next)?;
+    }
+    Ok(())
 }
 
 /// An event as the API shows it.
@@ -79,6 +89,9 @@ pub struct EventView {
     pub status: String,
     pub replayed: bool,
     pub outcome: serde_json::Value,
+    /// For a signal a rule raised (status `raised`): the event whose
+    /// dispatch raised it.
+    pub parent: Option<u64>,
 }
 
 /// What the console's Events page filters on (each `None`: any).
@@ -87,7 +100,7 @@ pub struct EventFilter {
     /// A glob on the signal name (`DOOR-*`, `PANIC-?`).
     pub name: Option<String>,
     pub key: Option<String>,
-    /// `executed`, `pending`, `covered` or `suppressed`.
+    /// `executed`, `pending`, `covered`, `suppressed` or `raised`.
     pub status: Option<String>,
     /// Only events that were replayed.
     pub replayed: bool,
@@ -100,7 +113,7 @@ pub fn recent(
     limit: u32,
 ) -> Result<Vec<EventView>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, key, name, source, time, received_at, fields, node, status, replayed, outcome
+        "SELECT id, key, name, source, time, received_at, fields, node, status, replayed, outcome, parent
          FROM event_log WHERE (?1 IS NULL OR name GLOB ?1) AND (?2 IS NULL OR key = ?2)
            AND (?3 IS NULL OR status = ?3) AND (?4 = 0 OR replayed = 1)
          ORDER BY id DESC LIMIT ?5",
@@ -129,6 +142,7 @@ fn event_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventView> {
         outcome: outcome
             .and_then(|o| serde_json::from_str(&o).ok())
             .unwrap_or(serde_json::Value::Null),
+        parent: r.get::<_, Option<i64>>(11)?.map(|p| p as u64),
     })
 }
 
@@ -141,7 +155,7 @@ pub fn list(
     name: Option<&str>,
 ) -> Result<Vec<EventView>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, key, name, source, time, received_at, fields, node, status, replayed, outcome
+        "SELECT id, key, name, source, time, received_at, fields, node, status, replayed, outcome, parent
          FROM event_log WHERE id > ?1 AND (?2 IS NULL OR name = ?2) ORDER BY id LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![after as i64, name, limit], event_view)?;

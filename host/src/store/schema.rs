@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/004_cluster.sql"),
     include_str!("sql/005_unpublished_index.sql"),
     include_str!("sql/006_console.sql"),
+    include_str!("sql/007_raised_events.sql"),
 ];
 
 /// The schema version this build writes.

@@ -447,12 +447,13 @@ struct EventsFilter {
 
 /// The statuses the Events page filters by (`replayed` is a flag of its
 /// own in the log), `""` for any.
-const EVENT_STATUSES: [&str; 6] = [
+const EVENT_STATUSES: [&str; 7] = [
     "",
     "executed",
     "pending",
     "covered",
     "suppressed",
+    "raised",
     "replayed",
 ];
 
