@@ -148,6 +148,26 @@ impl Ctx {
         self.end(start);
     }
 
+    /// Ask for a [`TIMER`](crate::names::TIMER) signal after `after`,
+    /// delivered to this rule alone (whatever its patterns), so "60 s of
+    /// quiet" needs no next signal. A rule has one timer: a later call
+    /// replaces it. It fires only while this node executes the rule (not
+    /// on a standby), is lost with the instance (a trap, a reload, a
+    /// failover), and is at most a day ([`crate::names::MAX_TIMER_MS`];
+    /// longer is refused with the run). The TIMER signal's `time` is when
+    /// it was due, its `source` the rule, its key unique to it. Needs a
+    /// host from 2026-12 on; an older one refuses the action.
+    pub fn set_timer(&mut self, after: std::time::Duration) {
+        let start = self.begin();
+        let o = &mut self.out;
+        map_len(o, 2);
+        pair(o, "type", "timer");
+        str(o, "after_ms");
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        let _ = mp::write_uint(o, ms);
+        self.end(start);
+    }
+
     /// Any action, as a value (e.g. one built elsewhere and kept).
     pub fn emit(&mut self, action: Action) {
         let start = self.begin();
@@ -367,7 +387,7 @@ fn pair(out: &mut Vec<u8>, key: &str, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Log, Raise};
+    use crate::wire::{Log, Raise, Timer};
 
     fn ctx() -> Ctx {
         Ctx::new(Clock::Fixed(0))
@@ -380,6 +400,7 @@ mod tests {
         c.notify_on("sms", "person:ann", "s", String::from("b"));
         c.log(Level::Warn, "careful");
         c.raise("ALARM", [("zone", "north"), ("floor", "2")]);
+        c.set_timer(std::time::Duration::from_secs(60));
         c.emit(Action::Log(Log {
             level: Level::Debug,
             message: "as a value".into(),
@@ -400,13 +421,14 @@ mod tests {
                 ]
                 .into(),
             }),
+            Action::Timer(Timer { after_ms: 60_000 }),
             Action::Log(Log {
                 level: Level::Debug,
                 message: "as a value".into(),
             }),
         ];
         assert_eq!(got, want);
-        assert_eq!(c.encoded().count(), 5, "every action decodes");
+        assert_eq!(c.encoded().count(), 6, "every action decodes");
     }
 
     #[test]

@@ -83,7 +83,7 @@ use std::fmt;
 
 pub use ctx::{Clock, Ctx, Encoded, FieldValue, RaiseBuilder};
 pub use view::{FieldError, SignalView};
-pub use wire::{Action, Config, Fields, Level, Log, Notify, Raise, Signal, Value};
+pub use wire::{Action, Config, Fields, Level, Log, Notify, Raise, Signal, Timer, Value};
 
 /// The ABI version this SDK implements (the `tandem_abi_v1` marker).
 pub const ABI_VERSION: u32 = 1;

@@ -5,6 +5,13 @@
 //! are checked by [`check_signals`] while the rule compiles, so a pattern
 //! the node would refuse fails the build instead.
 
+/// The signal a timer delivers ([`crate::Ctx::set_timer`]): raised by the
+/// host only, to the rule that set the timer alone.
+pub const TIMER: &str = "TIMER";
+
+/// Longest timer a rule may set, in ms (a day).
+pub const MAX_TIMER_MS: u64 = 24 * 3600 * 1000;
+
 /// Patterns one rule may subscribe to.
 pub const MAX_PATTERNS: usize = 256;
 /// Characters of one pattern.

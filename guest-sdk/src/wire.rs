@@ -334,6 +334,9 @@ pub enum Action {
     Notify(Notify),
     Raise(Raise),
     Log(Log),
+    /// Since 2026-12: a host before it refuses the action as an unknown
+    /// type (docs/abi.md).
+    Timer(Timer),
 }
 
 /// Every field any action has, for decoding [`Action`] in one pass.
@@ -352,6 +355,7 @@ struct RawAction<'a> {
     fields: Fields,
     level: Level,
     message: String,
+    after_ms: u64,
 }
 
 impl TryFrom<RawAction<'_>> for Action {
@@ -376,6 +380,9 @@ impl TryFrom<RawAction<'_>> for Action {
             "log" => Action::Log(Log {
                 level: raw.level,
                 message: raw.message,
+            }),
+            "timer" => Action::Timer(Timer {
+                after_ms: raw.after_ms,
             }),
             other => return Err(format!("unknown action type `{other}`")),
         })
@@ -421,6 +428,15 @@ impl Notify {
 pub struct Raise {
     pub name: String,
     pub fields: Fields,
+}
+
+/// Deliver a [`TIMER`](crate::names::TIMER) signal to this rule alone,
+/// `after_ms` from now, while its node executes it; a later timer of the
+/// same rule replaces it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timer {
+    pub after_ms: u64,
 }
 
 /// A line for the node's event log and its log output.

@@ -137,6 +137,10 @@ pub async fn run(
 
     tasks.spawn(delivery::run(node.clone(), listener.clone().wait()));
     tasks.spawn(prune_loop(node.clone(), listener.clone()));
+    tasks.spawn(crate::node::timer_loop(
+        node.clone(),
+        listener.clone().wait(),
+    ));
     on_ready(&node, failover.as_ref());
 
     let app = crate::admin::app_with(node.clone(), failover, cluster);

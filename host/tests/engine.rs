@@ -383,6 +383,62 @@ fn bomber(name: &str, signals: &[&str], times: u32) -> Vec<u8> {
     wat::parse_str(&wat).unwrap()
 }
 
+/// A rule's timer: set by its action, due on the engine's clock, fired to
+/// that rule alone through the gate, gone with a closed gate.
+#[test]
+fn a_timer_is_fired_to_its_rule_alone_and_only_through_an_open_gate() {
+    let now = Arc::new(std::sync::atomic::AtomicI64::new(1_000_000));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let e = Engine::with_clock(EngineConfig::default(), clock).unwrap();
+    let script = e.compile("door", &sample_wasm("door_held_open")).unwrap();
+    let gate = Gate::new(true);
+    let mut rs = RuleSet::new(e.clone(), gate.clone());
+    // A second rule that would match TIMER by its patterns: not called.
+    let other = e.compile("panic", &sample_wasm("panic_button")).unwrap();
+    let mut o = spec("panic", &other);
+    o.signals = vec!["*".into()];
+    let specs = vec![
+        {
+            let mut s = spec("door", &script);
+            s.config = Config::new().with("seconds", 10);
+            s
+        },
+        o,
+    ];
+    assert!(rs.install(specs).failed.is_empty());
+    executed(rs.dispatch(&small("DOOR-4-OPEN").with_time(1_000_000)));
+    assert_eq!(rs.next_timer(), Some(1_010_000));
+    assert!(rs.take_due_timers(1_009_999).is_empty());
+    now.store(1_010_000, std::sync::atomic::Ordering::SeqCst);
+    let due = rs.take_due_timers(1_010_000);
+    assert_eq!(due, vec![(Arc::from("door"), 1_010_000)]);
+    assert_eq!(rs.next_timer(), None, "taken");
+    let timer = small("TIMER").with_time(1_010_000).with_key("t1");
+    let o = executed(rs.dispatch_timer("door", &timer));
+    assert_eq!(
+        o.runs.iter().map(|r| &*r.rule).collect::<Vec<_>>(),
+        ["door", "door", "panic"],
+        "door alone for the TIMER; door (DOOR-*-OPEN) and panic (`*`) for the raised DOOR-HELD-OPEN"
+    );
+    assert_eq!(
+        (o.runs[0].origin, o.runs[1].origin, o.runs[2].origin),
+        (0, 1, 1)
+    );
+    assert_eq!(o.raised[0].name, "DOOR-HELD-OPEN");
+    // An unknown rule runs nothing; a closed gate runs nothing either.
+    assert!(executed(rs.dispatch_timer("nope", &timer)).runs.is_empty());
+    executed(rs.dispatch(&small("DOOR-5-OPEN").with_time(1_010_000)));
+    assert_eq!(rs.next_timer(), Some(1_020_000));
+    gate.close();
+    assert!(matches!(
+        rs.dispatch_timer("door", &timer),
+        Dispatch::Suppressed
+    ));
+}
+
 #[test]
 fn raises_stop_at_the_depth_limit() {
     // A rule that answers every LOOP with another LOOP.

@@ -108,6 +108,58 @@ fn a_signal_becomes_exactly_one_webhook_call() {
     assert_eq!(body["signal"]["replayed"], false);
 }
 
+/// A door left open notifies when its time is up with no further signal:
+/// the rule's timer comes due as a TIMER to it alone, an event of its own,
+/// whose raise is an event linked to it.
+#[test]
+fn a_rule_timer_fires_with_no_further_signal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = Webhook::start();
+    let rd = rules_dir(dir.path(), &[("door", "door_held_open")]);
+    std::fs::write(rd.join("door.toml"), "[config]\nseconds = 0.3\n").expect("sidecar");
+    let extra = format!("[rules]\ndir = \"{}\"\n\n{}", rd.display(), sink(&hook));
+    let node = NodeProc::start(dir.path(), &write_config(dir.path(), "n1", &extra));
+    let sent = std::time::Instant::now();
+    send(&node, r#"{"name":"DOOR-5-OPEN","key":"d5"}"#);
+    let got = hook.wait_for_delivered(1, WAIT);
+    assert!(
+        sent.elapsed() >= Duration::from_millis(300),
+        "not before it was due"
+    );
+    assert_eq!(got[0].body["subject"], "Door 5 held open");
+    assert_eq!(got[0].body["signal"]["name"], "TIMER");
+    let events = |name: &str| {
+        let a = get(
+            node.admin(),
+            &format!("/api/v1/events?name={name}"),
+            Some("admin"),
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.json().as_array().cloned().unwrap_or_default()
+    };
+    let timers = events("TIMER");
+    assert_eq!(timers.len(), 1, "{timers:?}");
+    assert_eq!(
+        (timers[0]["status"].as_str(), timers[0]["source"].as_str()),
+        (Some("executed"), Some("door"))
+    );
+    let raised = events("DOOR-HELD-OPEN");
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0]["parent"], timers[0]["id"]);
+    assert_eq!(raised[0]["fields"]["door"], "5");
+    // Nothing more is due: one notification in all.
+    assert_eq!(hook.received().len(), 1);
+    // Nobody else may send a TIMER.
+    let a = post(
+        node.admin(),
+        "/api/v1/signals",
+        Some("ingest"),
+        r#"{"name":"TIMER"}"#,
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.body.contains("raised by the host only"), "{}", a.body);
+}
+
 #[test]
 fn group_recipients_resolve_to_members() {
     let dir = tempfile::tempdir().expect("tempdir");

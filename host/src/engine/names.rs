@@ -27,11 +27,16 @@ pub fn valid_name(name: &str) -> bool {
     !name.contains('*') && valid_pattern(name)
 }
 
-/// The host-only prefix `name` starts with, if any.
+/// Signal names, exact, only the host raises: a timer's signal.
+pub const HOST_ONLY_NAMES: [&str; 1] = [tandem_guest::names::TIMER];
+
+/// The host-only prefix `name` starts with, or the host-only name it is,
+/// if any.
 pub fn host_only(name: &str) -> Option<&'static str> {
     HOST_ONLY_PREFIXES
         .iter()
         .find(|p| name.starts_with(*p))
+        .or_else(|| HOST_ONLY_NAMES.iter().find(|n| **n == name))
         .copied()
 }
 
@@ -105,6 +110,8 @@ mod tests {
         assert_eq!(host_only("FAILOVER-ON"), Some("FAILOVER-"));
         assert_eq!(host_only("NOTIFY-FAILED"), Some("NOTIFY-"));
         assert_eq!(host_only("DOOR-1"), None);
+        assert_eq!(host_only("TIMER"), Some("TIMER"));
+        assert_eq!(host_only("TIMER-1"), None);
     }
 
     #[test]

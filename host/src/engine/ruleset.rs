@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_guest::names::MAX_TIMER_MS;
 use tandem_guest::{Action, Config, Notify, Signal};
 
 use super::index::DispatchIndex;
@@ -146,6 +147,9 @@ struct Loaded {
     traps_in_row: u32,
     quarantined: bool,
     last_error: Option<String>,
+    /// When its timer is due (ms, the engine's clock), if it set one. It
+    /// belongs to the instance: gone with it.
+    timer: Option<i64>,
 }
 
 impl Loaded {
@@ -318,6 +322,7 @@ impl RuleSet {
             traps_in_row: 0,
             quarantined: false,
             last_error: None,
+            timer: None,
         }
     }
 
@@ -340,7 +345,42 @@ impl RuleSet {
         let Some(in_flight) = gate.enter() else {
             return Dispatch::Suppressed;
         };
-        Dispatch::Executed(self.run(signal, &in_flight, allow))
+        Dispatch::Executed(self.run(signal, None, &in_flight, allow))
+    }
+
+    /// The enabled rules whose timer is due at `now` (ms, the engine's
+    /// clock), with when each was due, in rule-name order; their timers
+    /// are cleared (a rule sets a new one when it wants one).
+    pub fn take_due_timers(&mut self, now: i64) -> Vec<(Arc<str>, i64)> {
+        self.rules
+            .iter_mut()
+            .filter_map(|r| match r.timer {
+                Some(due) if due <= now => {
+                    r.timer = None;
+                    r.enabled.then(|| (r.name.clone(), due))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// When the next timer is due, if any rule has one.
+    pub fn next_timer(&self) -> Option<i64> {
+        self.rules.iter().filter_map(|r| r.timer).min()
+    }
+
+    /// Run `signal` (a TIMER) in rule `name` alone, whatever its patterns,
+    /// if the gate is open for its group; what it raises is dispatched as
+    /// usual. An unknown rule, or a closed group, runs nothing.
+    pub fn dispatch_timer(&mut self, name: &str, signal: &Signal) -> Dispatch {
+        let Some(idx) = self.rules.iter().position(|r| &*r.name == name) else {
+            return Dispatch::Executed(Outcome::default());
+        };
+        let gate = self.gate.clone();
+        let Some(in_flight) = gate.enter() else {
+            return Dispatch::Suppressed;
+        };
+        Dispatch::Executed(self.run(signal, Some(idx), &in_flight, &mut |_| true))
     }
 
     /// The groups of the enabled rules `name` reaches, each once.
@@ -357,9 +397,12 @@ impl RuleSet {
         groups
     }
 
+    /// Dispatch `signal` (to rule `only` alone, if given), then what the
+    /// rules raised.
     fn run(
         &mut self,
         signal: &Signal,
+        only: Option<usize>,
         gate: &GateGuard<'_>,
         allow: &mut dyn FnMut(&str) -> bool,
     ) -> Outcome {
@@ -369,14 +412,20 @@ impl RuleSet {
         // Every run and every queued raise counts towards the cap, so the
         // queue can never hold more than the cap allows to run.
         let mut queue = VecDeque::new();
-        self.process(signal, 0, 0, &mut queue, &mut outcome, &mut |g| {
+        self.process(signal, only, 0, 0, &mut queue, &mut outcome, &mut |g| {
             gate.epoch(g).filter(|_| allow(g))
         });
         while let Some((raised, depth)) = queue.pop_front() {
             let origin = outcome.raised.len() + 1;
-            self.process(&raised, depth, origin, &mut queue, &mut outcome, &mut |g| {
-                gate.epoch(g)
-            });
+            self.process(
+                &raised,
+                None,
+                depth,
+                origin,
+                &mut queue,
+                &mut outcome,
+                &mut |g| gate.epoch(g),
+            );
             outcome.raised.push(raised);
         }
         for &idx in &self.ok_rules {
@@ -389,17 +438,29 @@ impl RuleSet {
 
     /// Run one signal (original or raised) through the index and its rules;
     /// what they raise joins `queue`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the dispatch's state, passed down"
+    )]
     fn process(
         &mut self,
         sig: &Signal,
+        only: Option<usize>,
         depth: u32,
         origin: usize,
         queue: &mut VecDeque<(Signal, u32)>,
         outcome: &mut Outcome,
         epoch_of: &mut dyn FnMut(&str) -> Option<u64>,
     ) {
-        self.index
-            .lookup(&sig.name, &mut self.glob_scratch, &mut self.matched);
+        match only {
+            Some(idx) => {
+                self.matched.clear();
+                self.matched.push(idx as u32);
+            }
+            None => self
+                .index
+                .lookup(&sig.name, &mut self.glob_scratch, &mut self.matched),
+        }
         // Rules of closed groups do not run here (a whole-open gate keeps
         // every rule, with epoch 0).
         let rules = &self.rules;
@@ -511,6 +572,7 @@ impl RuleSet {
             Ok(()) => {}
             Err(e) if e.is_trap() => {
                 rule.instance = None;
+                rule.timer = None;
                 Self::note_trap(rule, &e, stats, quarantine_after);
                 run.error = Some(e);
             }
@@ -547,6 +609,24 @@ impl RuleSet {
                 },
                 depth + 1,
             ));
+        }
+        // A timer replaces the rule's last one (the last in a call wins).
+        let mut timer = None;
+        for action in &actions {
+            if let Action::Timer(t) = action {
+                if t.after_ms > MAX_TIMER_MS {
+                    run.rejected.push(format!(
+                        "timer of {} ms refused: at most {MAX_TIMER_MS} ms (a day)",
+                        t.after_ms
+                    ));
+                } else {
+                    timer = Some(t.after_ms as i64);
+                }
+            }
+        }
+        if let Some(after) = timer {
+            let now = (self.engine.clock())();
+            self.rules[idx].timer = Some(now.saturating_add(after));
         }
         if refused > 0 {
             *capped += refused;

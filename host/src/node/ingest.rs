@@ -267,7 +267,7 @@ impl Node {
         }
     }
 
-    fn event_row(&self, signal: &Signal, run: &Run, now: i64) -> events::NewEvent {
+    pub(super) fn event_row(&self, signal: &Signal, run: &Run, now: i64) -> events::NewEvent {
         events::NewEvent {
             id: signal.id,
             key: signal.key.clone(),

@@ -17,9 +17,11 @@ mod ingest;
 mod notify;
 mod reload;
 mod replay;
+mod timers;
 pub mod watch;
 
 pub use groups::replay_since;
+pub use timers::{TIMER_TICK, timer_loop};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -90,7 +92,7 @@ pub struct Accepted {
 pub enum IngestError {
     #[error("signal {index}: {message}")]
     BadSignal { index: usize, message: String },
-    #[error("signal {index}: `{name}` is raised by the host only (FAILOVER-*, NOTIFY-*)")]
+    #[error("signal {index}: `{name}` is raised by the host only (FAILOVER-*, NOTIFY-*, TIMER)")]
     Reserved { index: usize, name: String },
     #[error("{0}")]
     TooLarge(String),
