@@ -129,6 +129,40 @@ fn panic_button_names_source_and_location() {
     );
 }
 
+/// A module built with the SDK before the borrowed view and the action
+/// writer (serde decode of the whole signal, serde-encoded actions) runs
+/// unchanged, and acts exactly as the same rule built today.
+#[test]
+fn a_module_built_with_the_previous_sdk_runs_unchanged() {
+    let old = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/panic_button-sdk-2026-11.wasm"
+    ))
+    .unwrap();
+    let e = engine();
+    let old = e.compile("old", &old).unwrap();
+    let new = e.compile("new", &sample_wasm("panic_button")).unwrap();
+    assert_ne!(old.sha256(), new.sha256());
+    assert_eq!(old.default_signals(), new.default_signals());
+    let signal = Signal::new("PANIC-3")
+        .with_source("button-3")
+        .with_key("k3")
+        .with_field("location", "lobby")
+        .with_field("floor", 2);
+    let mut actions = Vec::new();
+    for script in [&old, &new] {
+        let mut rs = ruleset(&e, vec![spec("panic-button", script)]);
+        let o = executed(rs.dispatch(&signal));
+        assert_eq!(o.runs[0].error, None);
+        actions.push(o.runs[0].actions.clone());
+    }
+    assert_eq!(actions[0], actions[1]);
+    let Action::Notify(n) = &actions[0][0] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(n.subject, "PANIC at lobby");
+}
+
 #[test]
 fn door_held_open_keeps_state_and_its_raise_is_dispatched() {
     let e = engine();

@@ -10,8 +10,8 @@
 //! Time is the signal's own `time` (or the host clock when a signal has
 //! none), so a replayed signal is judged by when it happened.
 //!
-//! Config (all optional): `seconds` (default 60; fractions allowed, from
-//! 0.001 to a day), `to` (default `group:security`), `channel` (default
+//! Config (all optional): `seconds` (default 60; fractions allowed, from 0,
+//! at once, to a day), `to` (default `group:security`), `channel` (default
 //! `default`).
 //!
 //! The timers live in instance memory: they survive reloads of other rules,
@@ -63,9 +63,9 @@ impl Rule for DoorHeldOpen {
 
     fn init(config: &Config) -> Result<Self, Error> {
         let seconds = config.f64_or("seconds", 60.0)?;
-        if !(0.001..=86_400.0).contains(&seconds) {
+        if !(0.0..=86_400.0).contains(&seconds) {
             return Err(Error::new(format!(
-                "config `seconds` must be from 0.001 to 86400, got {seconds}"
+                "config `seconds` must be from 0 to 86400, got {seconds}"
             )));
         }
         Ok(DoorHeldOpen {
@@ -199,10 +199,15 @@ mod tests {
         assert_eq!(timer(&mut h, &at("DOOR-1-OPEN", T0)), Some(250));
         let raised = h.raises(&at("TIMER", T0 + 250)).unwrap();
         assert_eq!(raised[0].fields["seconds"], Value::Float(0.25));
-        for bad in [0.0, -1.0, 100_000.0] {
+        for bad in [-1.0, 100_000.0, f64::NAN] {
             let e = Harness::<DoorHeldOpen>::new(&Config::new().with("seconds", bad)).unwrap_err();
-            assert!(e.message().contains("from 0.001 to 86400"), "{e}");
+            assert!(e.message().contains("from 0 to 86400"), "{e}");
         }
+        // 0: a door is held open at once, and no timer is needed.
+        let mut h = Harness::<DoorHeldOpen>::new(&Config::new().with("seconds", 0)).unwrap();
+        let actions = h.signal(&at("DOOR-1-OPEN", T0)).unwrap();
+        assert!(matches!(&actions[0], Action::Raise(_)), "{actions:?}");
+        assert!(!actions.iter().any(|a| matches!(a, Action::Timer(_))));
     }
 
     #[test]
