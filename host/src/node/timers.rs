@@ -21,6 +21,9 @@ impl Node {
     pub fn fire_timers(&self) -> Result<usize, StoreError> {
         let due = {
             let mut rules = self.lock_rules();
+            if rules.next_timer().is_none() {
+                return Ok(0);
+            }
             let now = (rules.engine().clock())();
             rules.take_due_timers(now)
         };
@@ -89,9 +92,7 @@ pub async fn timer_loop(node: Arc<Node>, stop: impl std::future::Future<Output =
             _ = &mut stop => return,
             _ = tokio::time::sleep(TIMER_TICK) => {}
         }
-        if node.lock_rules().next_timer().is_none() {
-            continue;
-        }
+        // On a blocking thread: the rules' lock may be held by a dispatch.
         let n = node.clone();
         match tokio::task::spawn_blocking(move || n.fire_timers()).await {
             Ok(Ok(_)) => {}
