@@ -373,7 +373,13 @@ impl RuleSet {
     /// if the gate is open for its group; what it raises is dispatched as
     /// usual. An unknown rule, or a closed group, runs nothing.
     pub fn dispatch_timer(&mut self, name: &str, signal: &Signal) -> Dispatch {
-        let Some(idx) = self.rules.iter().position(|r| &*r.name == name) else {
+        // A rule disabled or quarantined since its timer was taken runs
+        // nothing.
+        let Some(idx) = self
+            .rules
+            .iter()
+            .position(|r| &*r.name == name && r.enabled && !r.quarantined)
+        else {
             return Dispatch::Executed(Outcome::default());
         };
         let gate = self.gate.clone();
@@ -678,6 +684,7 @@ impl RuleSet {
         rule.quarantined = true;
         rule.traps_in_row = rule.traps_in_row.max(self.engine.config().quarantine_after);
         rule.instance = None;
+        rule.timer = None;
         rule.last_error = Some(why.to_owned());
         true
     }

@@ -54,7 +54,16 @@ impl Node {
                         _ => return Ok(None),
                     }
                 };
-                let run = Run::Executed(outcome, exec::record(&tx, &signal.key, now)?);
+                // Numbered as its kind of node numbers executions: a
+                // cluster member by the group row (published, copied back
+                // with the group), a pair member by its executed key.
+                let seq = match (&self.config.cluster, outcome.runs.first()) {
+                    (Some(_), Some(r)) => {
+                        crate::store::groups::record(&tx, &r.group, &signal.key, r.epoch, now)?
+                    }
+                    _ => exec::record(&tx, &signal.key, now)?,
+                };
+                let run = Run::Executed(outcome, seq);
                 let mut rows = vec![self.event_row(&signal, &run, now)];
                 if let Run::Executed(o, _) = &run {
                     rows.extend(self.raised_rows(&signal, o, now));
@@ -71,10 +80,15 @@ impl Node {
                 }
                 tx.commit()?;
                 Ok(Some((results, queued)))
-            })?;
-            if let Some((results, queued)) = done {
-                self.after_commit(&results, queued);
-                fired += 1;
+            });
+            // One timer's failure does not drop the others taken with it.
+            match done {
+                Ok(Some((results, queued))) => {
+                    self.after_commit(&results, queued);
+                    fired += 1;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(rule = %rule, "rule timer not stored: {e}"),
             }
         }
         Ok(fired)
