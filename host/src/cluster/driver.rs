@@ -1070,7 +1070,7 @@ impl Driver {
         // All but the last batch are put first (the gate is closed: no
         // new ones come), so the move transaction stays small.
         let last = batches.pop();
-        for (k, v, seqs) in batches {
+        for (k, v) in batches {
             let put = keepalive::retried(
                 self.node.metrics(),
                 self.op_timeout(),
@@ -1081,9 +1081,8 @@ impl Driver {
                 },
             )
             .await;
-            match put {
-                Ok(_) => executed::mark_published(&self.node, seqs).await,
-                Err(e) => self.note_error(e),
+            if let Err(e) = put {
+                self.note_error(e);
             }
         }
         let batches: Vec<_> = last.into_iter().collect();
@@ -1092,10 +1091,8 @@ impl Driver {
             next,
             Some(PutOptions::new().with_lease(taker.lease)),
         )];
-        let mut seqs = Vec::new();
-        for (k, v, s) in batches {
+        for (k, v) in batches {
             ops.push(TxnOp::put(k, v, None));
-            seqs.extend(s);
         }
         let txn = Txn::new()
             .when([
@@ -1106,7 +1103,6 @@ impl Driver {
         let moved = match self.txn_retried("hand over", &c, txn).await {
             Ok(r) => {
                 if r.succeeded() {
-                    executed::mark_published(&self.node, std::mem::take(&mut seqs)).await;
                     // Views older than the move must not reopen the group.
                     let rev = r.header().map_or(0, |h| h.revision());
                     self.view_revision = self.view_revision.max(rev);

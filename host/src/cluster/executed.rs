@@ -3,8 +3,9 @@
 //!
 //! - Publishing: every node puts the keys it executed, gathered over
 //!   `publish_window`, as one batch `executed/<group>/<node>-<seq>` (owner
-//!   or not: whatever it has not published yet). A handback puts the
-//!   giver's last ones in the move transaction itself ([`take_unpublished`]).
+//!   or not: whatever it has not published yet, in seq order, behind a
+//!   cursor ([`groups::published_upto`]). A handback puts the giver's last
+//!   ones in the move transaction itself ([`take_unpublished`]).
 //! - Applying: every node watches `executed/` from its persisted
 //!   `applied_rev` and stores tombstones per (group, key), dropping only the
 //!   matching (group, key) pending rows. At its first start, or when the
@@ -61,12 +62,14 @@ pub(super) fn batch_for(
 }
 
 /// This node's unpublished executions of `group` (all of them, in batches
-/// of [`BATCH_KEYS`]) as (batch key, value, seqs).
+/// of [`BATCH_KEYS`]) as (batch key, value). The publisher puts them again
+/// later, as it finds them after its cursor: harmless, a tombstone is
+/// stored once.
 pub(super) async fn take_unpublished(
     node: &Arc<Node>,
     keys: &Keys,
     group: &str,
-) -> Result<Vec<(String, Vec<u8>, Vec<u64>)>, ClusterError> {
+) -> Result<Vec<(String, Vec<u8>)>, ClusterError> {
     let g = group.to_owned();
     let rows = node
         .store()
@@ -76,25 +79,8 @@ pub(super) async fn take_unpublished(
     let me = node.config().node.name.clone();
     Ok(rows
         .chunks(BATCH_KEYS as usize)
-        .filter_map(|chunk| {
-            let (k, v) = batch_for(keys, &me, group, chunk)?;
-            Some((k, v, chunk.iter().map(|r| r.0).collect()))
-        })
+        .filter_map(|chunk| batch_for(keys, &me, group, chunk))
         .collect())
-}
-
-/// Mark executions as published.
-pub(super) async fn mark_published(node: &Arc<Node>, seqs: Vec<u64>) {
-    if seqs.is_empty() {
-        return;
-    }
-    if let Err(e) = node
-        .store()
-        .write(move |c| groups::mark_published(c, &seqs))
-        .await
-    {
-        tracing::error!("cluster: cannot mark executed keys as published: {e}");
-    }
 }
 
 /// Put this node's unpublished executions as batches, every
@@ -131,9 +117,9 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
                     break;
                 }
             };
-            if rows.is_empty() {
+            let Some(last) = rows.last().map(|r| r.0) else {
                 break;
-            }
+            };
             let oldest = rows.iter().map(|r| r.3).min().unwrap_or(0);
             let mut by_group: BTreeMap<String, Vec<(u64, String, String, i64)>> = BTreeMap::new();
             for r in rows {
@@ -149,29 +135,27 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
                     async move { c.put(key, value, None::<PutOptions>).await }
                 })
                 .await;
-                match put {
-                    Ok(_) => {
-                        let from = rows.iter().map(|r| r.0).min().unwrap_or(0);
-                        let to = rows.iter().map(|r| r.0).max().unwrap_or(0);
-                        let g = group.clone();
-                        if let Err(e) = node
-                            .store()
-                            .write(move |c| groups::mark_published_range(c, &g, from, to))
-                            .await
-                        {
-                            tracing::error!("cluster: cannot mark executed keys as published: {e}");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("cluster: could not publish executed keys: {e}");
-                        failed = true;
-                    }
+                if let Err(e) = put {
+                    tracing::warn!("cluster: could not publish executed keys: {e}");
+                    failed = true;
                 }
             }
             node.metrics()
                 .cluster_publish_lag_ms
                 .set((crate::store::now_ms() - oldest).max(0));
+            // The cursor moves only past rows all put: after a failure the
+            // next pass puts them again, the groups that made it included
+            // (a tombstone is stored once).
             if failed {
+                tokio::time::sleep(t).await;
+                break;
+            }
+            if let Err(e) = node
+                .store()
+                .write(move |c| groups::set_published_upto(c, last))
+                .await
+            {
+                tracing::error!("cluster: cannot record the published executed keys: {e}");
                 tokio::time::sleep(t).await;
                 break;
             }

@@ -136,9 +136,6 @@ impl Node {
                     save_quarantines(&tx, &mut rules)?;
                 }
                 events::insert(&tx, &rows)?;
-                if let Some(max) = rows.iter().map(|r| r.id).max() {
-                    events::save_next_id(&tx, max + 1)?;
-                }
                 let queued = self.finish(&tx, &results, now)?;
                 if may_run && !self.gate.within_deadline() {
                     return Ok(Err(results.into_iter().map(|(s, _)| s).collect()));
@@ -246,12 +243,7 @@ impl Node {
         o: &Outcome,
         now: i64,
     ) -> Result<(), StoreError> {
-        let rows = self.raised_rows(parent, o, now);
-        events::insert(tx, &rows)?;
-        if let Some(max) = rows.iter().map(|r| r.id).max() {
-            events::save_next_id(tx, max + 1)?;
-        }
-        Ok(())
+        events::insert(tx, &self.raised_rows(parent, o, now))
     }
 
     pub(super) fn status_of(&self, run: &Run) -> &'static str {

@@ -498,8 +498,12 @@ impl Node {
                 if open == 0 {
                     c.execute("DELETE FROM group_tombstone WHERE at < ?1", [before])?;
                     c.execute(
-                        "DELETE FROM group_executed WHERE published = 1 AND at < ?1",
-                        [before],
+                        "DELETE FROM group_executed WHERE seq <= ?1 AND at < ?2",
+                        rusqlite::params![
+                            i64::try_from(crate::store::groups::published_upto(c)?)
+                                .unwrap_or(i64::MAX),
+                            before
+                        ],
                     )?;
                     c.execute("DELETE FROM group_pending WHERE received_at < ?1", [before])?;
                 }

@@ -69,9 +69,6 @@ impl Node {
                     rows.extend(self.raised_rows(&signal, o, now));
                 }
                 events::insert(&tx, &rows)?;
-                if let Some(max) = rows.iter().map(|r| r.id).max() {
-                    events::save_next_id(&tx, max + 1)?;
-                }
                 let results = vec![(signal.clone(), run)];
                 let queued = self.finish(&tx, &results, now)?;
                 if !self.gate.within_deadline() {

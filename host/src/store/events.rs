@@ -28,7 +28,8 @@ pub struct NewEvent {
     pub parent: Option<u64>,
 }
 
-/// Insert events (inside the caller's transaction).
+/// Insert events (inside the caller's transaction), and remember that
+/// their ids are used ([`save_next_id`]).
 pub fn insert(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO event_log (id, key, name, source, time, received_at, fields, node, status, replayed, outcome, parent)
@@ -49,6 +50,9 @@ pub fn insert(tx: &Transaction<'_>, events: &[NewEvent]) -> Result<(), StoreErro
             e.outcome,
             e.parent.map(|p| p as i64)
         ])?;
+    }
+    if let Some(max) = events.iter().map(|e| e.id).max() {
+        save_next_id(tx, max + 1)?;
     }
     Ok(())
 }

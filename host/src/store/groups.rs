@@ -41,16 +41,32 @@ pub fn tombstone(
     Ok(dropped)
 }
 
-/// Up to `limit` executions not yet in an executed batch, oldest first:
+const PUBLISHED_UPTO: &str = "cluster.published_upto";
+
+/// The publisher's cursor: every execution here with seq at or below it
+/// is in an executed batch in etcd (migration 008).
+pub fn published_upto(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(super::setting::<u64>(conn, PUBLISHED_UPTO)?.unwrap_or(0))
+}
+
+/// Move the publisher's cursor to `seq` (never back).
+pub fn set_published_upto(conn: &Connection, seq: u64) -> Result<(), StoreError> {
+    if seq > published_upto(conn)? {
+        super::set_setting(conn, PUBLISHED_UPTO, seq)?;
+    }
+    Ok(())
+}
+
+/// Up to `limit` executions after seq `after`, oldest first:
 /// (seq, group, key, at). Only `group`'s when given.
-pub fn unpublished(
+pub fn executed_after(
     conn: &Connection,
+    after: u64,
     group: Option<&str>,
     limit: u32,
 ) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
-    // Two statements, so each walks the partial index of unpublished rows
-    // (an `?1 IS NULL OR` defeats it; `+grp` keeps the planner off the
-    // group's (grp, key) index, which would visit every row of the group).
+    // A walk of the seq (rowid) range; `+grp` keeps the planner off the
+    // (grp, key) index, which would visit every row of the group.
     let row = |r: &rusqlite::Row<'_>| {
         Ok((
             r.get::<_, i64>(0)?.max(0) as u64,
@@ -59,55 +75,25 @@ pub fn unpublished(
             r.get(3)?,
         ))
     };
-    let rows = match group {
-        None => conn
-            .prepare_cached(
-                "SELECT seq, grp, key, at FROM group_executed
-                 WHERE published = 0 ORDER BY seq LIMIT ?1",
-            )?
-            .query_map(params![limit], row)?
-            .collect::<Result<_, _>>()?,
-        Some(g) => conn
-            .prepare_cached(
-                "SELECT seq, grp, key, at FROM group_executed
-                 WHERE published = 0 AND +grp = ?1 ORDER BY seq LIMIT ?2",
-            )?
-            .query_map(params![g, limit], row)?
-            .collect::<Result<_, _>>()?,
-    };
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let rows = conn
+        .prepare_cached(
+            "SELECT seq, grp, key, at FROM group_executed
+             WHERE seq > ?1 AND (?2 IS NULL OR +grp = ?2) ORDER BY seq LIMIT ?3",
+        )?
+        .query_map(params![after, group, limit], row)?
+        .collect::<Result<_, _>>()?;
     Ok(rows)
 }
 
-/// Mark executions as published.
-pub fn mark_published(conn: &mut Connection, seqs: &[u64]) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt =
-            tx.prepare_cached("UPDATE group_executed SET published = 1 WHERE seq = ?1")?;
-        for s in seqs {
-            stmt.execute([*s as i64])?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-/// Mark `group`'s executions with seq in `from..=to` as published: one
-/// statement for a whole batch (a batch holds every unpublished row of its
-/// group in that range).
-pub fn mark_published_range(
+/// Up to `limit` executions not yet published (after the cursor), oldest
+/// first: (seq, group, key, at). Only `group`'s when given.
+pub fn unpublished(
     conn: &Connection,
-    group: &str,
-    from: u64,
-    to: u64,
-) -> Result<(), StoreError> {
-    // `+grp`: walk the seq range (the rowid), not every row of the group
-    // through the (grp, key) index, which the planner would otherwise pick.
-    conn.prepare_cached(
-        "UPDATE group_executed SET published = 1 WHERE seq BETWEEN ?2 AND ?3 AND +grp = ?1",
-    )?
-    .execute(params![group, from as i64, to as i64])?;
-    Ok(())
+    group: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
+    executed_after(conn, published_upto(conn)?, group, limit)
 }
 
 const APPLIED_REV: &str = "cluster.applied_rev";
@@ -277,5 +263,50 @@ mod tests {
         );
         let counts = store.read_blocking(pending_counts).expect("counts");
         assert_eq!(counts, vec![("a".into(), 1), ("b".into(), 1)]);
+    }
+
+    #[test]
+    fn the_publisher_cursor_splits_published_from_unpublished_executions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("open");
+        let seqs = store
+            .write_blocking(|c| {
+                let tx = c.transaction()?;
+                let mut seqs = Vec::new();
+                for (g, k) in [("a", "k1"), ("b", "k1"), ("a", "k2"), ("b", "k2")] {
+                    seqs.push(record(&tx, g, k, 1, 100)?);
+                }
+                tx.commit()?;
+                Ok(seqs)
+            })
+            .expect("write");
+        let keys = |group: Option<&str>| {
+            store
+                .read_blocking(|c| unpublished(c, group, 10))
+                .expect("read")
+                .into_iter()
+                .map(|r| format!("{}/{}", r.1, r.2))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(None), ["a/k1", "b/k1", "a/k2", "b/k2"], "seq order");
+        assert_eq!(keys(Some("b")), ["b/k1", "b/k2"]);
+        store
+            .write_blocking(|c| set_published_upto(c, seqs[1]))
+            .expect("cursor");
+        assert_eq!(keys(None), ["a/k2", "b/k2"]);
+        assert_eq!(keys(Some("a")), ["a/k2"]);
+        // The cursor never moves back.
+        store
+            .write_blocking(|c| set_published_upto(c, seqs[0]))
+            .expect("cursor");
+        assert_eq!(keys(None), ["a/k2", "b/k2"]);
+        store
+            .write_blocking(|c| set_published_upto(c, seqs[3]))
+            .expect("cursor");
+        assert!(keys(None).is_empty());
+        assert_eq!(
+            store.read_blocking(published_upto).expect("cursor"),
+            seqs[3]
+        );
     }
 }

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/005_unpublished_index.sql"),
     include_str!("sql/006_console.sql"),
     include_str!("sql/007_raised_events.sql"),
+    include_str!("sql/008_published_cursor.sql"),
 ];
 
 /// The schema version this build writes.
@@ -42,4 +43,49 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()?;
     Ok(VERSION)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database at schema 7 holding executions flagged `published` as
+    /// `flags` says (seq 1, 2, ...), migrated to this build's version: the
+    /// publisher's cursor it starts from.
+    fn cursor_after_migration_from_7(flags: &[bool]) -> u64 {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).expect("migration");
+        }
+        conn.pragma_update(None, "user_version", 7)
+            .expect("version");
+        for (i, published) in flags.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO group_executed (grp, key, epoch, at, published)
+                 VALUES ('g', ?1, 1, 0, ?2)",
+                rusqlite::params![format!("k{i}"), *published],
+            )
+            .expect("insert");
+        }
+        assert_eq!(migrate(&mut conn).expect("migrate"), VERSION);
+        let flag_left: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('group_executed') WHERE name = 'published'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("columns");
+        assert_eq!(flag_left, 0, "the flag column is gone");
+        super::super::groups::published_upto(&conn).expect("cursor")
+    }
+
+    #[test]
+    fn the_published_flags_become_a_cursor_below_the_oldest_unpublished_row() {
+        // Published rows after the oldest unpublished one are put again
+        // (harmless); an unpublished one is never skipped.
+        assert_eq!(cursor_after_migration_from_7(&[true, true, false, true]), 2);
+        assert_eq!(cursor_after_migration_from_7(&[false, true]), 0);
+        assert_eq!(cursor_after_migration_from_7(&[true, true, true]), 3);
+        assert_eq!(cursor_after_migration_from_7(&[]), 0);
+    }
 }
