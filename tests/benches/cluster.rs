@@ -243,6 +243,11 @@ fn cluster(c: &mut Criterion) {
             Duration::from_secs_f64(mean / 1000.0 * iters as f64)
         })
     });
+    // Ingest: a real warm-up, so that criterion's iteration counts fill
+    // the measurement time (one millisecond of warm-up made it guess a
+    // few seconds' worth, and the figures swung with the machine).
+    g.warm_up_time(Duration::from_secs(3))
+        .measurement_time(Duration::from_secs(30));
     g.bench_function("ingest", |b| {
         b.iter_custom(|iters| ingest(k.node("office").admin(), iters, "ci"))
     });
@@ -276,7 +281,8 @@ fn send(admin: &str, batch: &[String]) {
 /// Keys unique across rounds.
 static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Send `iters` PANIC signals in batches of 500; the time it took.
+/// Send `iters` SENSOR readings (unique keys) in batches of 500; the
+/// time it took.
 fn ingest(admin: &str, iters: u64, prefix: &str) -> Duration {
     let t = Instant::now();
     let mut sent = 0u64;

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,10 @@ use crate::store::groups;
 /// The largest number of keys in one batch (an etcd request stays far
 /// below its 1.5 MiB limit: keys are at most 256 bytes).
 pub(super) const BATCH_KEYS: u32 = 2000;
+
+/// How often a watch that brings only this node's own batches saves
+/// `applied_rev`.
+const APPLIED_REV_EVERY: Duration = Duration::from_secs(1);
 
 /// A batch's value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,9 +110,12 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
         }
         first = false;
         loop {
+            // Read on the writer's connection: its page cache holds what
+            // ingest just wrote, where the reader's is emptied by every
+            // commit.
             let rows = match node
                 .store()
-                .read(|c| groups::unpublished(c, None, BATCH_KEYS))
+                .write(|c| groups::unpublished(c, None, BATCH_KEYS))
                 .await
             {
                 Ok(r) => r,
@@ -123,7 +130,12 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
             let oldest = rows.iter().map(|r| r.3).min().unwrap_or(0);
             let mut by_group: BTreeMap<String, Vec<(u64, String, String, i64)>> = BTreeMap::new();
             for r in rows {
-                by_group.entry(r.1.clone()).or_default().push(r);
+                match by_group.get_mut(&r.1) {
+                    Some(v) => v.push(r),
+                    None => {
+                        by_group.insert(r.1.clone(), vec![r]);
+                    }
+                }
             }
             let mut failed = false;
             for (group, rows) in by_group {
@@ -265,6 +277,7 @@ pub(super) async fn watch_loop(node: Arc<Node>, client: Client, keys: Keys, stop
             ),
         )
         .await;
+        let mut saved = Instant::now();
         let mut stream = match watch {
             Ok(s) => s,
             Err(e) => {
@@ -309,15 +322,20 @@ pub(super) async fn watch_loop(node: Arc<Node>, client: Client, keys: Keys, stop
                 .collect();
             let batches = foreign_batches(&keys, &me, &kvs);
             let rev = resp.header().map_or(0, |h| h.revision());
-            if batches.is_empty() && rev == 0 {
+            // Only this node's own batches: nothing to store, and the
+            // revision is saved at most every APPLIED_REV_EVERY (a restart
+            // reads that much history again, harmlessly: its own batches
+            // are skipped and a tombstone is stored once).
+            if batches.is_empty() && (rev == 0 || saved.elapsed() < APPLIED_REV_EVERY) {
                 continue;
             }
-            if let Err(e) = node
+            match node
                 .store()
                 .write(move |c| groups::apply_batches(c, &batches, rev))
                 .await
             {
-                tracing::error!("cluster: cannot store tombstones: {e}");
+                Ok(_) => saved = Instant::now(),
+                Err(e) => tracing::error!("cluster: cannot store tombstones: {e}"),
             }
         }
     }

@@ -38,22 +38,24 @@ impl Node {
             // No rule anywhere takes it: nothing to run, nothing to keep.
             return Ok(Run::Executed(Outcome::default(), 0));
         }
+        // The groups still to run it, each with whether it keeps the key
+        // as pending.
+        let mut todo_pending = Vec::with_capacity(todo.len());
         let mut done = 0;
-        let mut i = 0;
-        while i < todo.len() {
-            if groups::ran(tx, &todo[i], &signal.key)? {
-                todo.swap_remove(i);
-                done += 1;
-            } else {
-                i += 1;
+        for g in todo {
+            match groups::state(tx, &g, &signal.key)? {
+                groups::KeyState::Ran => done += 1,
+                groups::KeyState::Pending => todo_pending.push((g, true)),
+                groups::KeyState::New => todo_pending.push((g, false)),
             }
         }
+        let todo = todo_pending;
         if todo.is_empty() && done > 0 {
             return Ok(Run::Covered);
         }
         let started = Instant::now();
         let d = if may_run {
-            rules.dispatch_where(signal, &mut |g| todo.iter().any(|t| &**t == g))
+            rules.dispatch_where(signal, &mut |g| todo.iter().any(|(t, _)| &**t == g))
         } else {
             Dispatch::Suppressed
         };
@@ -75,11 +77,17 @@ impl Node {
         // The group row numbers the execution (a cluster member keeps no
         // pair `executed_key` row).
         let mut seq = 0;
-        for (g, epoch) in &ran {
-            seq = seq.max(groups::record(tx, g, &signal.key, *epoch, now)?);
-        }
-        for g in todo.iter().filter(|g| !ran.iter().any(|(r, _)| r == *g)) {
-            groups::add_pending(tx, g, &signal.key, signal.id, now)?;
+        for (g, pending) in &todo {
+            match ran.iter().find(|(r, _)| r == g) {
+                Some((_, epoch)) => {
+                    seq = seq.max(groups::record(tx, g, &signal.key, *epoch, now)?);
+                    if *pending {
+                        groups::drop_pending(tx, g, &signal.key)?;
+                    }
+                }
+                None if !pending => groups::add_pending(tx, g, &signal.key, signal.id, now)?,
+                None => {}
+            }
         }
         match outcome {
             Some(o) if !ran.is_empty() => Ok(Run::Executed(o, seq)),

@@ -6,17 +6,32 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::StoreError;
 
-/// Whether `group` already ran `key`, here or (a tombstone) on another
-/// member.
-pub fn ran(tx: &Transaction<'_>, group: &str, key: &str) -> Result<bool, StoreError> {
-    Ok(tx
+/// What this node knows of `key` for `group` (read in one statement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// The group ran it, here or (a tombstone) on another member.
+    Ran,
+    /// Kept as pending for the group, not run.
+    Pending,
+    /// Never seen for the group.
+    New,
+}
+
+/// Whether `group` already ran `key` (here or on another member), keeps
+/// it as pending, or has never seen it.
+pub fn state(tx: &Transaction<'_>, group: &str, key: &str) -> Result<KeyState, StoreError> {
+    let (ran, pending): (bool, bool) = tx
         .prepare_cached(
-            "SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2
-             UNION ALL SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2 LIMIT 1",
+            "SELECT EXISTS (SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2)
+                 OR EXISTS (SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2),
+                    EXISTS (SELECT 1 FROM group_pending WHERE grp = ?1 AND key = ?2)",
         )?
-        .query_row(params![group, key], |_| Ok(()))
-        .optional()?
-        .is_some())
+        .query_row(params![group, key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(match (ran, pending) {
+        (true, _) => KeyState::Ran,
+        (false, true) => KeyState::Pending,
+        (false, false) => KeyState::New,
+    })
 }
 
 /// Keys another member executed for `group`: stored as tombstones, and
@@ -32,13 +47,26 @@ pub fn tombstone(
         "INSERT INTO group_tombstone (grp, key, at) VALUES (?1, ?2, ?3)
          ON CONFLICT (grp, key) DO NOTHING",
     )?;
-    let mut drop = tx.prepare_cached("DELETE FROM group_pending WHERE grp = ?1 AND key = ?2")?;
+    // A member that keeps nothing pending for the group (it owns it, or
+    // no device sends here) has no row to look for, key by key.
+    let any_pending: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM group_pending WHERE grp = ?1)")?
+        .query_row([group], |r| r.get(0))?;
     let mut dropped = 0;
     for k in keys {
         put.execute(params![group, k, at])?;
-        dropped += drop.execute(params![group, k])?;
+        if any_pending {
+            dropped += drop_pending(tx, group, k)?;
+        }
     }
     Ok(dropped)
+}
+
+/// Drop `group`'s pending row of `key`, if any; returns how many went.
+pub fn drop_pending(tx: &Transaction<'_>, group: &str, key: &str) -> Result<usize, StoreError> {
+    Ok(tx
+        .prepare_cached("DELETE FROM group_pending WHERE grp = ?1 AND key = ?2")?
+        .execute(params![group, key])?)
 }
 
 const PUBLISHED_UPTO: &str = "cluster.published_upto";
@@ -155,7 +183,8 @@ pub fn gaps(conn: &Connection, limit: u32) -> Result<Vec<i64>, StoreError> {
 }
 
 /// Record that `group` ran `key` under `epoch` (in the execution's
-/// transaction), and drop the pending row it may have had.
+/// transaction). A caller that found the key [`KeyState::Pending`] drops
+/// that row with [`drop_pending`].
 pub fn record(
     tx: &Transaction<'_>,
     group: &str,
@@ -168,10 +197,7 @@ pub fn record(
          ON CONFLICT (grp, key) DO NOTHING",
     )?
     .execute(params![group, key, epoch as i64, at])?;
-    let seq = tx.last_insert_rowid().max(0) as u64;
-    tx.prepare_cached("DELETE FROM group_pending WHERE grp = ?1 AND key = ?2")?
-        .execute(params![group, key])?;
-    Ok(seq)
+    Ok(tx.last_insert_rowid().max(0) as u64)
 }
 
 /// Keep `key` (event `event_id`) as pending for `group`.
@@ -244,9 +270,20 @@ mod tests {
                 add_pending(&tx, "b", "k1", 1, 100)?;
                 add_pending(&tx, "a", "k2", 2, 200)?;
                 add_pending(&tx, "a", "k2", 2, 300)?; // a copy: kept once
+                assert_eq!(state(&tx, "a", "k1")?, KeyState::Pending);
+                assert_eq!(state(&tx, "a", "k9")?, KeyState::New);
                 record(&tx, "a", "k1", 7, 400)?;
-                assert!(ran(&tx, "a", "k1")?);
-                assert!(!ran(&tx, "b", "k1")?);
+                assert_eq!(drop_pending(&tx, "a", "k1")?, 1);
+                assert_eq!(state(&tx, "a", "k1")?, KeyState::Ran);
+                assert_eq!(state(&tx, "b", "k1")?, KeyState::Pending);
+                // Tombstones: ran for their group only, and the group's
+                // pending row only goes.
+                add_pending(&tx, "a", "k3", 3, 300)?;
+                assert_eq!(tombstone(&tx, "a", &["k3".into(), "k4".into()], 500)?, 1);
+                assert_eq!(tombstone(&tx, "c", &["k1".into()], 500)?, 0);
+                assert_eq!(state(&tx, "a", "k3")?, KeyState::Ran);
+                assert_eq!(state(&tx, "a", "k4")?, KeyState::Ran);
+                assert_eq!(state(&tx, "c", "k1")?, KeyState::Ran);
                 tx.commit()?;
                 Ok(())
             })

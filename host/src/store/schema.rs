@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/006_console.sql"),
     include_str!("sql/007_raised_events.sql"),
     include_str!("sql/008_published_cursor.sql"),
+    include_str!("sql/009_without_rowid.sql"),
 ];
 
 /// The schema version this build writes.
@@ -87,5 +88,54 @@ mod tests {
         assert_eq!(cursor_after_migration_from_7(&[false, true]), 0);
         assert_eq!(cursor_after_migration_from_7(&[true, true, true]), 3);
         assert_eq!(cursor_after_migration_from_7(&[]), 0);
+    }
+
+    #[test]
+    fn tombstones_and_pending_rows_survive_the_move_to_without_rowid() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..8] {
+            conn.execute_batch(sql).expect("migration");
+        }
+        conn.pragma_update(None, "user_version", 8)
+            .expect("version");
+        conn.execute_batch(
+            "INSERT INTO group_tombstone (grp, key, at) VALUES ('a', 'k1', 10), ('b', 'k1', 11);
+             INSERT INTO group_pending (grp, key, event_id, received_at) VALUES ('a', 'k2', 7, 12);",
+        )
+        .expect("rows");
+        assert_eq!(migrate(&mut conn).expect("migrate"), VERSION);
+        let tombs: Vec<(String, String, i64)> = conn
+            .prepare("SELECT grp, key, at FROM group_tombstone ORDER BY grp")
+            .expect("select")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            tombs,
+            [("a".into(), "k1".into(), 10), ("b".into(), "k1".into(), 11)]
+        );
+        let pending: (String, i64, i64) = conn
+            .query_row(
+                "SELECT key, event_id, received_at FROM group_pending WHERE grp = 'a'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("pending");
+        assert_eq!(pending, ("k2".into(), 7, 12));
+        // Keyed by (group, key) alone: no rowid, and the key is unique.
+        for table in ["group_tombstone", "group_pending"] {
+            assert!(
+                conn.prepare(&format!("SELECT rowid FROM {table}")).is_err(),
+                "{table} has a rowid"
+            );
+        }
+        assert!(
+            conn.execute(
+                "INSERT INTO group_tombstone (grp, key, at) VALUES ('a', 'k1', 99)",
+                []
+            )
+            .is_err()
+        );
     }
 }
