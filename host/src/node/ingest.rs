@@ -167,7 +167,7 @@ impl Node {
                 owners: rules.as_mut().map(|r| {
                     owners
                         .entry(s.name.as_str())
-                        .or_insert_with(|| self.owners_for(r, &s.name))
+                        .or_insert_with(|| Arc::new(self.owners_for(r, &s.name)))
                         .clone()
                 }),
             })

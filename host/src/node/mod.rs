@@ -82,9 +82,10 @@ pub struct Accepted {
     pub key: String,
     pub executed: bool,
     /// A cluster member names, for each group the signal has rules in,
-    /// the node that owns it now (`null`: nobody).
+    /// the node that owns it now (`null`: nobody). Shared by the signals
+    /// of a batch with the same name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub owners: Option<std::collections::BTreeMap<String, Option<String>>>,
+    pub owners: Option<Arc<std::collections::BTreeMap<String, Option<String>>>>,
 }
 
 /// Why ingest refused a request. Nothing of a refused request is stored.
