@@ -30,26 +30,25 @@ impl Node {
         only: Option<&str>,
         may_run: bool,
     ) -> Result<Run, StoreError> {
-        let mut todo = rules.groups_of(&signal.name);
+        let mut candidates = rules.groups_of(&signal.name);
         if let Some(g) = only {
-            todo.retain(|x| &**x == g);
+            candidates.retain(|x| &**x == g);
         }
-        if todo.is_empty() {
+        if candidates.is_empty() {
             // No rule anywhere takes it: nothing to run, nothing to keep.
             return Ok(Run::Executed(Outcome::default(), 0));
         }
         // The groups still to run it, each with whether it keeps the key
         // as pending.
-        let mut todo_pending = Vec::with_capacity(todo.len());
+        let mut todo = Vec::with_capacity(candidates.len());
         let mut done = 0;
-        for g in todo {
+        for g in candidates {
             match groups::state(tx, &g, &signal.key)? {
                 groups::KeyState::Ran => done += 1,
-                groups::KeyState::Pending => todo_pending.push((g, true)),
-                groups::KeyState::New => todo_pending.push((g, false)),
+                groups::KeyState::Pending => todo.push((g, true)),
+                groups::KeyState::New => todo.push((g, false)),
             }
         }
-        let todo = todo_pending;
         if todo.is_empty() && done > 0 {
             return Ok(Run::Covered);
         }

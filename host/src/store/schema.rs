@@ -50,16 +50,22 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
 mod tests {
     use super::*;
 
+    /// An in-memory database brought to schema `version`.
+    fn db_at(version: u32) -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..version as usize] {
+            conn.execute_batch(sql).expect("migration");
+        }
+        conn.pragma_update(None, "user_version", version)
+            .expect("version");
+        conn
+    }
+
     /// A database at schema 7 holding executions flagged `published` as
     /// `flags` says (seq 1, 2, ...), migrated to this build's version: the
     /// publisher's cursor it starts from.
     fn cursor_after_migration_from_7(flags: &[bool]) -> u64 {
-        let mut conn = Connection::open_in_memory().expect("open");
-        for sql in &MIGRATIONS[..7] {
-            conn.execute_batch(sql).expect("migration");
-        }
-        conn.pragma_update(None, "user_version", 7)
-            .expect("version");
+        let mut conn = db_at(7);
         for (i, published) in flags.iter().enumerate() {
             conn.execute(
                 "INSERT INTO group_executed (grp, key, epoch, at, published)
@@ -92,12 +98,7 @@ mod tests {
 
     #[test]
     fn tombstones_and_pending_rows_survive_the_move_to_without_rowid() {
-        let mut conn = Connection::open_in_memory().expect("open");
-        for sql in &MIGRATIONS[..8] {
-            conn.execute_batch(sql).expect("migration");
-        }
-        conn.pragma_update(None, "user_version", 8)
-            .expect("version");
+        let mut conn = db_at(8);
         conn.execute_batch(
             "INSERT INTO group_tombstone (grp, key, at) VALUES ('a', 'k1', 10), ('b', 'k1', 11);
              INSERT INTO group_pending (grp, key, event_id, received_at) VALUES ('a', 'k2', 7, 12);",
