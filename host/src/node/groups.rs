@@ -16,23 +16,46 @@ use super::ingest::{outcome_json, save_quarantines};
 use super::*;
 use crate::store::groups;
 
+/// What the grouped runs of one store transaction share
+/// ([`Node::run_grouped`]); one per transaction.
+#[derive(Debug)]
+pub(super) struct GroupedTx<'a> {
+    /// The transaction's time (ms).
+    pub(super) now: i64,
+    /// Only this group's rules run (a replay); every open group's when
+    /// `None`.
+    pub(super) only: Option<&'a str>,
+    /// False keeps the signal pending everywhere (a commit refused by the
+    /// fencing deadline is redone that way).
+    pub(super) may_run: bool,
+    /// Which groups keep pending rows, asked once in the transaction.
+    pub(super) pending: groups::PendingGroups,
+}
+
+impl<'a> GroupedTx<'a> {
+    pub(super) fn new(now: i64, only: Option<&'a str>, may_run: bool) -> Self {
+        GroupedTx {
+            now,
+            only,
+            may_run,
+            pending: groups::PendingGroups::default(),
+        }
+    }
+}
+
 impl Node {
     /// Run `signal` in the open groups that have not run its key (only in
-    /// `only`, when given); keep it pending for the others. `may_run`
-    /// false keeps it pending everywhere (a commit refused by the fencing
-    /// deadline is redone that way).
+    /// `g.only`, when given); keep it pending for the others.
     pub(super) fn run_grouped(
         &self,
         tx: &rusqlite::Transaction<'_>,
         rules: &mut RuleSet,
         signal: &Signal,
-        now: i64,
-        only: Option<&str>,
-        may_run: bool,
+        g: &mut GroupedTx<'_>,
     ) -> Result<Run, StoreError> {
         let mut candidates = rules.groups_of(&signal.name);
-        if let Some(g) = only {
-            candidates.retain(|x| &**x == g);
+        if let Some(only) = g.only {
+            candidates.retain(|x| &**x == only);
         }
         if candidates.is_empty() {
             // No rule anywhere takes it: nothing to run, nothing to keep.
@@ -42,19 +65,19 @@ impl Node {
         // as pending.
         let mut todo = Vec::with_capacity(candidates.len());
         let mut done = 0;
-        for g in candidates {
-            match groups::state(tx, &g, &signal.key)? {
+        for group in candidates {
+            match groups::state(tx, &mut g.pending, &group, &signal.key)? {
                 groups::KeyState::Ran => done += 1,
-                groups::KeyState::Pending => todo.push((g, true)),
-                groups::KeyState::New => todo.push((g, false)),
+                groups::KeyState::Pending => todo.push((group, true)),
+                groups::KeyState::New => todo.push((group, false)),
             }
         }
         if todo.is_empty() && done > 0 {
             return Ok(Run::Covered);
         }
         let started = Instant::now();
-        let d = if may_run {
-            rules.dispatch_where(signal, &mut |g| todo.iter().any(|(t, _)| &**t == g))
+        let d = if g.may_run {
+            rules.dispatch_where(signal, &mut |grp| todo.iter().any(|(t, _)| &**t == grp))
         } else {
             Dispatch::Suppressed
         };
@@ -76,15 +99,15 @@ impl Node {
         // The group row numbers the execution (a cluster member keeps no
         // pair `executed_key` row).
         let mut seq = 0;
-        for (g, pending) in &todo {
-            match ran.iter().find(|(r, _)| r == g) {
+        for (group, pending) in &todo {
+            match ran.iter().find(|(r, _)| r == group) {
                 Some((_, epoch)) => {
-                    seq = seq.max(groups::record(tx, g, &signal.key, *epoch, now)?);
+                    seq = seq.max(groups::record(tx, group, &signal.key, *epoch, g.now)?);
                     if *pending {
-                        groups::drop_pending(tx, g, &signal.key)?;
+                        groups::drop_pending(tx, group, &signal.key)?;
                     }
                 }
-                None if !pending => groups::add_pending(tx, g, &signal.key, signal.id, now)?,
+                None if !pending => g.pending.add(tx, group, &signal.key, signal.id, g.now)?,
                 None => {}
             }
         }
@@ -143,6 +166,7 @@ impl Node {
                 let tx = conn.transaction()?;
                 let mut results = Vec::new();
                 let mut progressed = false;
+                let mut grouped = GroupedTx::new(now, Some(group), true);
                 {
                     let mut rules = self.lock_rules();
                     for (id, received_at) in ids {
@@ -156,8 +180,7 @@ impl Node {
                             continue;
                         };
                         signal.replayed = flag;
-                        let run =
-                            self.run_grouped(&tx, &mut rules, &signal, now, Some(group), true)?;
+                        let run = self.run_grouped(&tx, &mut rules, &signal, &mut grouped)?;
                         match &run {
                             Run::Executed(o, _) => {
                                 events::append_outcome(&tx, id, &outcome_json(o, &signal), flag)?;

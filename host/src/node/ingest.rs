@@ -116,13 +116,14 @@ impl Node {
                 let mut seen = std::collections::HashSet::new();
                 let mut results = Vec::with_capacity(signals.len());
                 let mut rows = Vec::with_capacity(signals.len());
+                let mut grouped = super::groups::GroupedTx::new(now, None, may_run);
                 {
                     let mut rules = self.lock_rules();
                     for signal in std::mem::take(&mut signals) {
                         let run = if !seen.insert(signal.key.clone()) {
                             Run::Covered
                         } else if cluster {
-                            self.run_grouped(&tx, &mut rules, &signal, now, None, may_run)?
+                            self.run_grouped(&tx, &mut rules, &signal, &mut grouped)?
                         } else {
                             let duplicate = exec::already_run(&tx, &signal.key)?;
                             self.run_one(&tx, &mut rules, &signal, duplicate, now)?

@@ -2,6 +2,8 @@
 //! (group, signal key) with their epoch, and signals kept as pending for a
 //! group this node did not own when they arrived.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::StoreError;
@@ -17,9 +19,69 @@ pub enum KeyState {
     New,
 }
 
+/// Whether groups keep any pending row, asked once per group within one
+/// transaction. The owner of a group keeps none (it runs what arrives),
+/// and [`state`] then skips that lookup key by key. One per transaction:
+/// pending rows added through [`PendingGroups::add`] are counted; rows
+/// added any other way in the same transaction are not.
+#[derive(Debug, Default)]
+pub struct PendingGroups(HashMap<String, bool>);
+
+impl PendingGroups {
+    /// Whether `group` keeps any pending row.
+    pub fn any(&mut self, tx: &Transaction<'_>, group: &str) -> Result<bool, StoreError> {
+        if let Some(&any) = self.0.get(group) {
+            return Ok(any);
+        }
+        let any = has_pending(tx, group)?;
+        self.0.insert(group.to_owned(), any);
+        Ok(any)
+    }
+
+    /// Keep `key` (event `event_id`) as pending for `group`.
+    pub fn add(
+        &mut self,
+        tx: &Transaction<'_>,
+        group: &str,
+        key: &str,
+        event_id: u64,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        tx.prepare_cached(
+            "INSERT INTO group_pending (grp, key, event_id, received_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (grp, key) DO NOTHING",
+        )?
+        .execute(params![group, key, event_id as i64, at])?;
+        self.0.insert(group.to_owned(), true);
+        Ok(())
+    }
+}
+
+/// Whether `group` keeps any pending row.
+fn has_pending(tx: &Transaction<'_>, group: &str) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM group_pending WHERE grp = ?1)")?
+        .query_row([group], |r| r.get(0))?)
+}
+
 /// Whether `group` already ran `key` (here or on another member), keeps
-/// it as pending, or has never seen it.
-pub fn state(tx: &Transaction<'_>, group: &str, key: &str) -> Result<KeyState, StoreError> {
+/// it as pending, or has never seen it; `pending` spares the pending
+/// lookup of a group that keeps none.
+pub fn state(
+    tx: &Transaction<'_>,
+    pending: &mut PendingGroups,
+    group: &str,
+    key: &str,
+) -> Result<KeyState, StoreError> {
+    if !pending.any(tx, group)? {
+        let ran: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2)
+                     OR EXISTS (SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2)",
+            )?
+            .query_row(params![group, key], |r| r.get(0))?;
+        return Ok(if ran { KeyState::Ran } else { KeyState::New });
+    }
     let (ran, pending): (bool, bool) = tx
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2)
@@ -49,9 +111,7 @@ pub fn tombstone(
     )?;
     // A member that keeps nothing pending for the group (it owns it, or
     // no device sends here) has no row to look for, key by key.
-    let any_pending: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM group_pending WHERE grp = ?1)")?
-        .query_row([group], |r| r.get(0))?;
+    let any_pending = has_pending(tx, group)?;
     let mut dropped = 0;
     for k in keys {
         put.execute(params![group, k, at])?;
@@ -200,22 +260,6 @@ pub fn record(
     Ok(tx.last_insert_rowid().max(0) as u64)
 }
 
-/// Keep `key` (event `event_id`) as pending for `group`.
-pub fn add_pending(
-    tx: &Transaction<'_>,
-    group: &str,
-    key: &str,
-    event_id: u64,
-    at: i64,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO group_pending (grp, key, event_id, received_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (grp, key) DO NOTHING",
-    )?
-    .execute(params![group, key, event_id as i64, at])?;
-    Ok(())
-}
-
 /// Up to `limit` pending rows of `group` received at or after `since`,
 /// oldest first: (event id, received at).
 pub fn pending(
@@ -266,24 +310,34 @@ mod tests {
         store
             .write_blocking(|c| {
                 let tx = c.transaction()?;
-                add_pending(&tx, "a", "k1", 1, 100)?;
-                add_pending(&tx, "b", "k1", 1, 100)?;
-                add_pending(&tx, "a", "k2", 2, 200)?;
-                add_pending(&tx, "a", "k2", 2, 300)?; // a copy: kept once
-                assert_eq!(state(&tx, "a", "k1")?, KeyState::Pending);
-                assert_eq!(state(&tx, "a", "k9")?, KeyState::New);
+                let mut p = PendingGroups::default();
+                // A group asked before it keeps anything: the pending
+                // lookup is skipped, and a row added through the memo
+                // turns it back on.
+                assert_eq!(state(&tx, &mut p, "a", "k1")?, KeyState::New);
+                p.add(&tx, "a", "k1", 1, 100)?;
+                p.add(&tx, "b", "k1", 1, 100)?;
+                p.add(&tx, "a", "k2", 2, 200)?;
+                p.add(&tx, "a", "k2", 2, 300)?; // a copy: kept once
+                assert_eq!(state(&tx, &mut p, "a", "k1")?, KeyState::Pending);
+                assert_eq!(state(&tx, &mut p, "a", "k9")?, KeyState::New);
                 record(&tx, "a", "k1", 7, 400)?;
                 assert_eq!(drop_pending(&tx, "a", "k1")?, 1);
-                assert_eq!(state(&tx, "a", "k1")?, KeyState::Ran);
-                assert_eq!(state(&tx, "b", "k1")?, KeyState::Pending);
+                assert_eq!(state(&tx, &mut p, "a", "k1")?, KeyState::Ran);
+                assert_eq!(state(&tx, &mut p, "b", "k1")?, KeyState::Pending);
+                // A fresh memo (the next transaction) asks the table.
+                let mut fresh = PendingGroups::default();
+                assert_eq!(state(&tx, &mut fresh, "b", "k1")?, KeyState::Pending);
+                assert!(!fresh.any(&tx, "c")?);
                 // Tombstones: ran for their group only, and the group's
                 // pending row only goes.
-                add_pending(&tx, "a", "k3", 3, 300)?;
+                p.add(&tx, "a", "k3", 3, 300)?;
                 assert_eq!(tombstone(&tx, "a", &["k3".into(), "k4".into()], 500)?, 1);
                 assert_eq!(tombstone(&tx, "c", &["k1".into()], 500)?, 0);
-                assert_eq!(state(&tx, "a", "k3")?, KeyState::Ran);
-                assert_eq!(state(&tx, "a", "k4")?, KeyState::Ran);
-                assert_eq!(state(&tx, "c", "k1")?, KeyState::Ran);
+                assert_eq!(state(&tx, &mut p, "a", "k3")?, KeyState::Ran);
+                assert_eq!(state(&tx, &mut p, "a", "k4")?, KeyState::Ran);
+                assert_eq!(state(&tx, &mut p, "c", "k1")?, KeyState::Ran);
+                assert_eq!(state(&tx, &mut p, "c", "k2")?, KeyState::New);
                 tx.commit()?;
                 Ok(())
             })
