@@ -4,8 +4,11 @@
 //! - Publishing: every node puts the keys it executed, gathered over
 //!   `publish_window`, as one batch `executed/<group>/<node>-<seq>` (owner
 //!   or not: whatever it has not published yet, in seq order, behind a
-//!   cursor ([`groups::published_upto`]). A handback puts the giver's last
-//!   ones in the move transaction itself ([`take_unpublished`]).
+//!   cursor ([`groups::published_upto`]), taken from the node's feed of
+//!   committed executions when it continues the cursor
+//!   ([`crate::node::feed`]), else read from the store. A handback puts
+//!   the giver's last ones in the move transaction itself
+//!   ([`take_unpublished`]).
 //! - Applying: every node watches `executed/` from its persisted
 //!   `applied_rev` and stores tombstones per (group, key), dropping only the
 //!   matching (group, key) pending rows. At its first start, or when the
@@ -97,6 +100,10 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
     tokio::pin!(stop);
     let t = (cfg.lease_ttl / 3).max(Duration::from_millis(300));
     let mut wake = node.executions();
+    let feed = node.executed_feed();
+    // The published cursor as last read or moved here; `None` reads it
+    // (and the rows after it) from the store.
+    let mut cursor: Option<u64> = None;
     // A first pass publishes what a previous run left unpublished.
     let mut first = true;
     loop {
@@ -110,19 +117,31 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
         }
         first = false;
         loop {
-            // Read on the writer's connection: its page cache holds what
-            // ingest just wrote, where the reader's is emptied by every
-            // commit.
-            let rows = match node
-                .store()
-                .write(|c| groups::unpublished(c, None, BATCH_KEYS))
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("cluster: cannot read executed keys: {e}");
-                    break;
-                }
+            // From the feed when it continues the cursor, else from the
+            // store: at the first pass, past a hole (an execution that
+            // did not feed, a full feed), after a failed put. Read on the
+            // writer's connection: its page cache holds what ingest just
+            // wrote, where the reader's is emptied by every commit.
+            let fed = cursor.and_then(|c| feed.take_after(c, BATCH_KEYS as usize));
+            let rows = match fed {
+                Some(rows) => rows,
+                None => match node
+                    .store()
+                    .write(|c| {
+                        let upto = groups::published_upto(c)?;
+                        Ok((upto, groups::executed_after(c, upto, None, BATCH_KEYS)?))
+                    })
+                    .await
+                {
+                    Ok((upto, rows)) => {
+                        cursor = Some(upto);
+                        rows
+                    }
+                    Err(e) => {
+                        tracing::error!("cluster: cannot read executed keys: {e}");
+                        break;
+                    }
+                },
             };
             let Some(last) = rows.last().map(|r| r.0) else {
                 break;
@@ -159,6 +178,8 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
             // next pass puts them again, the groups that made it included
             // (a tombstone is stored once).
             if failed {
+                // Put again from the store.
+                cursor = None;
                 tokio::time::sleep(t).await;
                 break;
             }
@@ -168,7 +189,14 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
                 .await
             {
                 tracing::error!("cluster: cannot record the published executed keys: {e}");
+                cursor = None;
                 tokio::time::sleep(t).await;
+                break;
+            }
+            cursor = Some(last);
+            // Caught up: nothing in the feed, and no execution committed
+            // after `last` (a commit feeds before it moves the watch).
+            if feed.is_empty() && *wake.borrow() <= last {
                 break;
             }
         }

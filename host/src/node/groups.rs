@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tandem_guest::Signal;
 
+use super::feed::ExecRow;
 use super::ingest::{outcome_json, save_quarantines};
 use super::*;
 use crate::store::groups;
@@ -30,6 +31,9 @@ pub(super) struct GroupedTx<'a> {
     pub(super) may_run: bool,
     /// Which groups keep pending rows, asked once in the transaction.
     pub(super) pending: groups::PendingGroups,
+    /// The executions recorded, for the publisher's feed once committed
+    /// ([`GroupedTx::committed`]).
+    recorded: Vec<ExecRow>,
 }
 
 impl<'a> GroupedTx<'a> {
@@ -39,7 +43,14 @@ impl<'a> GroupedTx<'a> {
             only,
             may_run,
             pending: groups::PendingGroups::default(),
+            recorded: Vec::new(),
         }
+    }
+
+    /// After the commit: hand the executions recorded to the publisher's
+    /// feed (nothing else may follow in the transaction).
+    pub(super) fn committed(self, node: &Node) {
+        node.exec_feed.push(self.recorded);
     }
 }
 
@@ -102,7 +113,11 @@ impl Node {
         for (group, pending) in &todo {
             match ran.iter().find(|(r, _)| r == group) {
                 Some((_, epoch)) => {
-                    seq = seq.max(groups::record(tx, group, &signal.key, *epoch, g.now)?);
+                    if let Some(n) = groups::record(tx, group, &signal.key, *epoch, g.now)? {
+                        seq = seq.max(n);
+                        g.recorded
+                            .push((n, group.to_string(), signal.key.clone(), g.now));
+                    }
                     if *pending {
                         groups::drop_pending(tx, group, &signal.key)?;
                     }
@@ -209,6 +224,7 @@ impl Node {
                 }
                 let queued = self.finish(&tx, &results, now)?;
                 tx.commit()?;
+                grouped.committed(self);
                 self.after_commit(&results, queued);
                 Ok(progressed)
             })?;

@@ -142,6 +142,7 @@ impl Node {
                     return Ok(Err(results.into_iter().map(|(s, _)| s).collect()));
                 }
                 tx.commit()?;
+                grouped.committed(self);
                 Ok(Ok((results, queued)))
             })?;
             match attempt {

@@ -12,6 +12,7 @@
 //! cache), and swaps the new set in between two signals.
 
 pub mod delivery;
+pub mod feed;
 mod groups;
 mod ingest;
 mod notify;
@@ -196,6 +197,8 @@ pub struct Node {
     /// Bumped when rows are queued: every sink's worker wakes.
     delivery_wake: tokio::sync::watch::Sender<u64>,
     exec_seq: tokio::sync::watch::Sender<u64>,
+    /// A cluster member's committed executions, for its publisher.
+    exec_feed: feed::ExecFeed,
     sync_gen: AtomicU64,
     /// One table sync (export or import) at a time.
     sync_lock: tokio::sync::Mutex<()>,
@@ -240,6 +243,7 @@ impl Node {
             publisher_check: OnceLock::new(),
             delivery_wake: tokio::sync::watch::channel(0).0,
             exec_seq: tokio::sync::watch::channel(last_seq).0,
+            exec_feed: feed::ExecFeed::default(),
             sync_gen: AtomicU64::new(sync_gen),
             sync_lock: tokio::sync::Mutex::new(()),
             tables_changed: tokio::sync::Notify::new(),
@@ -476,6 +480,12 @@ impl Node {
     /// The last execution number, and a watch that moves with it.
     pub fn executions(&self) -> tokio::sync::watch::Receiver<u64> {
         self.exec_seq.subscribe()
+    }
+
+    /// The executions committed here that the cluster's publisher has not
+    /// taken yet ([`feed::ExecFeed`]).
+    pub fn executed_feed(&self) -> &feed::ExecFeed {
+        &self.exec_feed
     }
 
     /// Delete event log rows and finished notifications older than the

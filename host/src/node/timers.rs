@@ -60,6 +60,7 @@ impl Node {
                 let seq = match (&self.config.cluster, outcome.runs.first()) {
                     (Some(_), Some(r)) => {
                         crate::store::groups::record(&tx, &r.group, &signal.key, r.epoch, now)?
+                            .unwrap_or(0)
                     }
                     _ => exec::record(&tx, &signal.key, now)?,
                 };

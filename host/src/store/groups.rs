@@ -243,21 +243,23 @@ pub fn gaps(conn: &Connection, limit: u32) -> Result<Vec<i64>, StoreError> {
 }
 
 /// Record that `group` ran `key` under `epoch` (in the execution's
-/// transaction). A caller that found the key [`KeyState::Pending`] drops
-/// that row with [`drop_pending`].
+/// transaction): the row's seq, or `None` when the group has a row for
+/// the key already (nothing written). A caller that found the key
+/// [`KeyState::Pending`] drops that row with [`drop_pending`].
 pub fn record(
     tx: &Transaction<'_>,
     group: &str,
     key: &str,
     epoch: u64,
     at: i64,
-) -> Result<u64, StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO group_executed (grp, key, epoch, at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (grp, key) DO NOTHING",
-    )?
-    .execute(params![group, key, epoch as i64, at])?;
-    Ok(tx.last_insert_rowid().max(0) as u64)
+) -> Result<Option<u64>, StoreError> {
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO group_executed (grp, key, epoch, at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (grp, key) DO NOTHING",
+        )?
+        .execute(params![group, key, epoch as i64, at])?;
+    Ok((n == 1).then(|| tx.last_insert_rowid().max(0) as u64))
 }
 
 /// Up to `limit` pending rows of `group` received at or after `since`,
@@ -321,7 +323,12 @@ mod tests {
                 p.add(&tx, "a", "k2", 2, 300)?; // a copy: kept once
                 assert_eq!(state(&tx, &mut p, "a", "k1")?, KeyState::Pending);
                 assert_eq!(state(&tx, &mut p, "a", "k9")?, KeyState::New);
-                record(&tx, "a", "k1", 7, 400)?;
+                assert!(record(&tx, "a", "k1", 7, 400)?.is_some());
+                assert_eq!(
+                    record(&tx, "a", "k1", 8, 401)?,
+                    None,
+                    "once per (group, key)"
+                );
                 assert_eq!(drop_pending(&tx, "a", "k1")?, 1);
                 assert_eq!(state(&tx, &mut p, "a", "k1")?, KeyState::Ran);
                 assert_eq!(state(&tx, &mut p, "b", "k1")?, KeyState::Pending);
@@ -365,7 +372,7 @@ mod tests {
                 let tx = c.transaction()?;
                 let mut seqs = Vec::new();
                 for (g, k) in [("a", "k1"), ("b", "k1"), ("a", "k2"), ("b", "k2")] {
-                    seqs.push(record(&tx, g, k, 1, 100)?);
+                    seqs.push(record(&tx, g, k, 1, 100)?.expect("new"));
                 }
                 tx.commit()?;
                 Ok(seqs)
