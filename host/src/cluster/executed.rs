@@ -58,7 +58,7 @@ pub(super) fn batch_for(
     keys: &Keys,
     me: &str,
     group: &str,
-    rows: &[(u64, String, String, i64)],
+    rows: &[groups::ExecRow],
 ) -> Option<(String, Vec<u8>)> {
     let last = rows.iter().map(|r| r.0).max()?;
     let value = serde_json::to_vec(&Batch {
@@ -78,7 +78,7 @@ pub(super) async fn take_unpublished(
     group: &str,
 ) -> Result<Vec<(String, Vec<u8>)>, ClusterError> {
     let g = group.to_owned();
-    let rows = node
+    let (_, rows) = node
         .store()
         .read(move |c| groups::unpublished(c, Some(&g), 100 * BATCH_KEYS))
         .await
@@ -127,10 +127,7 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
                 Some(rows) => rows,
                 None => match node
                     .store()
-                    .write(|c| {
-                        let upto = groups::published_upto(c)?;
-                        Ok((upto, groups::executed_after(c, upto, None, BATCH_KEYS)?))
-                    })
+                    .write(|c| groups::unpublished(c, None, BATCH_KEYS))
                     .await
                 {
                     Ok((upto, rows)) => {
@@ -147,7 +144,7 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
                 break;
             };
             let oldest = rows.iter().map(|r| r.3).min().unwrap_or(0);
-            let mut by_group: BTreeMap<String, Vec<(u64, String, String, i64)>> = BTreeMap::new();
+            let mut by_group: BTreeMap<String, Vec<groups::ExecRow>> = BTreeMap::new();
             for r in rows {
                 match by_group.get_mut(&r.1) {
                     Some(v) => v.push(r),

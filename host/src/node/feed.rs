@@ -12,9 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-/// One execution: (seq, group, key, at in ms), as
-/// [`crate::store::groups::executed_after`] returns it.
-pub type ExecRow = (u64, String, String, i64);
+pub use crate::store::groups::ExecRow;
 
 /// The most rows the feed holds; past it, rows are dropped and the
 /// publisher reads them from the store.

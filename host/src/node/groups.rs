@@ -47,8 +47,8 @@ impl<'a> GroupedTx<'a> {
         }
     }
 
-    /// After the commit: hand the executions recorded to the publisher's
-    /// feed (nothing else may follow in the transaction).
+    /// Once the transaction has committed (never before): hand the
+    /// executions it recorded to the publisher's feed.
     pub(super) fn committed(self, node: &Node) {
         node.exec_feed.push(self.recorded);
     }

@@ -8,6 +8,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::StoreError;
 
+/// One execution: (seq, group, key, at in ms).
+pub type ExecRow = (u64, String, String, i64);
+
 /// What this node knows of `key` for `group` (read in one statement).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
@@ -73,21 +76,25 @@ pub fn state(
     group: &str,
     key: &str,
 ) -> Result<KeyState, StoreError> {
+    // `group` (?1) ran `key` (?2): here, or a tombstone.
+    macro_rules! ran {
+        () => {
+            "EXISTS (SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2)
+             OR EXISTS (SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2)"
+        };
+    }
     if !pending.any(tx, group)? {
         let ran: bool = tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2)
-                     OR EXISTS (SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2)",
-            )?
+            .prepare_cached(concat!("SELECT ", ran!()))?
             .query_row(params![group, key], |r| r.get(0))?;
         return Ok(if ran { KeyState::Ran } else { KeyState::New });
     }
     let (ran, pending): (bool, bool) = tx
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2)
-                 OR EXISTS (SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2),
-                    EXISTS (SELECT 1 FROM group_pending WHERE grp = ?1 AND key = ?2)",
-        )?
+        .prepare_cached(concat!(
+            "SELECT ",
+            ran!(),
+            ", EXISTS (SELECT 1 FROM group_pending WHERE grp = ?1 AND key = ?2)"
+        ))?
         .query_row(params![group, key], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(match (ran, pending) {
         (true, _) => KeyState::Ran,
@@ -152,7 +159,7 @@ pub fn executed_after(
     after: u64,
     group: Option<&str>,
     limit: u32,
-) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
+) -> Result<Vec<ExecRow>, StoreError> {
     // A walk of the seq (rowid) range; `+grp` keeps the planner off the
     // (grp, key) index, which would visit every row of the group.
     let row = |r: &rusqlite::Row<'_>| {
@@ -174,14 +181,16 @@ pub fn executed_after(
     Ok(rows)
 }
 
-/// Up to `limit` executions not yet published (after the cursor), oldest
-/// first: (seq, group, key, at). Only `group`'s when given.
+/// The publisher's cursor and up to `limit` executions not yet published
+/// (after it), oldest first: (seq, group, key, at). Only `group`'s when
+/// given.
 pub fn unpublished(
     conn: &Connection,
     group: Option<&str>,
     limit: u32,
-) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
-    executed_after(conn, published_upto(conn)?, group, limit)
+) -> Result<(u64, Vec<ExecRow>), StoreError> {
+    let upto = published_upto(conn)?;
+    Ok((upto, executed_after(conn, upto, group, limit)?))
 }
 
 const APPLIED_REV: &str = "cluster.applied_rev";
@@ -382,6 +391,7 @@ mod tests {
             store
                 .read_blocking(|c| unpublished(c, group, 10))
                 .expect("read")
+                .1
                 .into_iter()
                 .map(|r| format!("{}/{}", r.1, r.2))
                 .collect::<Vec<_>>()
