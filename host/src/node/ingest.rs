@@ -231,7 +231,7 @@ impl Node {
                 node: self.config.node.name.clone(),
                 status: "raised",
                 replayed: raised.replayed,
-                outcome: Some(runs_json(o, parent, |r| r.origin == i + 1).to_string()),
+                outcome: Some(runs_json(o, parent, |r| r.origin == i + 1)),
                 parent: Some(parent.id),
             })
             .collect()
@@ -274,7 +274,7 @@ impl Node {
             status: self.status_of(run),
             replayed: signal.replayed,
             outcome: match run {
-                Run::Executed(o, _) => Some(outcome_json(o, signal).to_string()),
+                Run::Executed(o, _) => Some(outcome_json(o, signal)),
                 _ => None,
             },
             parent: None,
@@ -339,45 +339,80 @@ impl Node {
 /// The JSON the event log keeps of a dispatch: one object per rule run,
 /// and, when the signal reached the cap of rule runs, a last object
 /// `{"capped": N}` counting the runs and raises refused.
-pub(super) fn outcome_json(o: &Outcome, dispatched: &Signal) -> serde_json::Value {
-    let capped = (o.capped > 0).then(|| serde_json::json!({ "capped": o.capped }));
-    let serde_json::Value::Array(mut runs) = runs_json(o, dispatched, |_| true) else {
-        return serde_json::Value::Null;
-    };
-    runs.extend(capped);
-    serde_json::Value::Array(runs)
+pub(super) fn outcome_json(o: &Outcome, dispatched: &Signal) -> String {
+    let capped = (o.capped > 0).then_some(OutcomeItem::Capped { capped: o.capped });
+    outcome_string(runs_of(o, dispatched, |_| true).chain(capped))
 }
 
 /// The runs of `o` that `keep` selects, as [`outcome_json`] writes them.
-fn runs_json(
-    o: &Outcome,
-    dispatched: &Signal,
-    keep: impl Fn(&RuleRun) -> bool,
-) -> serde_json::Value {
-    serde_json::Value::Array(
-        o.runs
-            .iter()
-            .filter(|r| keep(r))
-            .map(|r| {
-                let signal = o.signal_of(r, dispatched);
-                let mut run = serde_json::json!({
-                    "rule": &*r.rule,
-                    "signal": &signal.name,
-                    "key": &signal.key,
-                    "depth": r.depth,
-                    "actions": r.actions,
-                    "error": r.error.as_ref().map(|e| serde_json::json!({"kind": e.kind(), "message": e.to_string()})),
-                    "rejected": r.rejected,
-                });
-                // A cluster member's runs say under which group and epoch.
-                if r.epoch > 0 {
-                    run["group"] = serde_json::Value::from(&*r.group);
-                    run["epoch"] = serde_json::Value::from(r.epoch);
-                }
-                run
-            })
-            .collect(),
-    )
+fn runs_json(o: &Outcome, dispatched: &Signal, keep: impl Fn(&RuleRun) -> bool) -> String {
+    outcome_string(runs_of(o, dispatched, keep))
+}
+
+fn runs_of<'a>(
+    o: &'a Outcome,
+    dispatched: &'a Signal,
+    keep: impl Fn(&RuleRun) -> bool + 'a,
+) -> impl Iterator<Item = OutcomeItem<'a>> {
+    o.runs.iter().filter(move |r| keep(r)).map(move |r| {
+        let signal = o.signal_of(r, dispatched);
+        // A cluster member's runs say under which group and epoch.
+        let grouped = r.epoch > 0;
+        OutcomeItem::Run(RunJson {
+            actions: &r.actions,
+            depth: r.depth,
+            epoch: grouped.then_some(r.epoch),
+            error: r.error.as_ref().map(|e| RunError {
+                kind: e.kind(),
+                message: e.to_string(),
+            }),
+            group: grouped.then_some(&*r.group),
+            key: &signal.key,
+            rejected: &r.rejected,
+            rule: &r.rule,
+            signal: &signal.name,
+        })
+    })
+}
+
+/// A JSON array of `items` (`[]` if one could not be written: none of
+/// these types fails to serialise).
+fn outcome_string<'a>(items: impl Iterator<Item = OutcomeItem<'a>>) -> String {
+    let items: Vec<OutcomeItem<'a>> = items.collect();
+    serde_json::to_string(&items).unwrap_or_else(|_| "[]".into())
+}
+
+/// One element of an event's outcome. The fields are in the order the
+/// outcome has always been written in (by name), so rows old and new read
+/// the same.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum OutcomeItem<'a> {
+    Run(RunJson<'a>),
+    Capped { capped: u32 },
+}
+
+/// A rule's run, as the event log keeps it.
+#[derive(serde::Serialize)]
+struct RunJson<'a> {
+    actions: &'a [tandem_guest::Action],
+    depth: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<u64>,
+    error: Option<RunError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    key: &'a str,
+    rejected: &'a [String],
+    rule: &'a str,
+    signal: &'a str,
+}
+
+/// Why a run failed.
+#[derive(serde::Serialize)]
+struct RunError {
+    kind: &'static str,
+    message: String,
 }
 
 /// Store the rules quarantined by the dispatches of this transaction.
@@ -389,4 +424,65 @@ pub(super) fn save_quarantines(
         rules::save_quarantine(tx, &name, &why)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rule: &str, origin: usize, group: &str, epoch: u64) -> RuleRun {
+        RuleRun {
+            rule: rule.into(),
+            depth: u32::from(origin > 0),
+            origin,
+            actions: Vec::new(),
+            error: None,
+            rejected: Vec::new(),
+            group: group.into(),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn outcome_json_keeps_its_shape() {
+        let mut signal = Signal::new("DOOR-1");
+        signal.key = "k1".into();
+        let mut raised = Signal::new("ALARM");
+        raised.key = "k1/r".into();
+        let mut failed = run("b", 1, "elementary", 3);
+        failed.error = Some(crate::engine::CallError::Deadline(
+            std::time::Duration::from_millis(5),
+        ));
+        failed.rejected = vec!["too deep".into()];
+        let o = Outcome {
+            runs: vec![run("a", 0, "default", 0), failed],
+            raised: vec![raised],
+            capped: 2,
+        };
+        let v: serde_json::Value = serde_json::from_str(&outcome_json(&o, &signal)).expect("json");
+        let message =
+            crate::engine::CallError::Deadline(std::time::Duration::from_millis(5)).to_string();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"rule": "a", "signal": "DOOR-1", "key": "k1", "depth": 0,
+                 "actions": [], "error": null, "rejected": []},
+                {"rule": "b", "signal": "ALARM", "key": "k1/r", "depth": 1,
+                 "actions": [], "error": {"kind": "deadline", "message": message},
+                 "rejected": ["too deep"], "group": "elementary", "epoch": 3},
+                {"capped": 2}
+            ])
+        );
+        // Keys by name, as the event log has always held them.
+        let text = outcome_json(&o, &signal);
+        assert!(
+            text.starts_with(r#"[{"actions":[],"depth":0,"error":null,"key":"k1""#),
+            "{text}"
+        );
+        // A raised signal's row keeps only the runs it caused.
+        let v: serde_json::Value =
+            serde_json::from_str(&runs_json(&o, &signal, |r| r.origin == 1)).expect("json");
+        assert_eq!(v.as_array().map(Vec::len), Some(1));
+        assert_eq!(v[0]["rule"], "b");
+    }
 }

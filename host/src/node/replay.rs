@@ -70,7 +70,7 @@ impl Node {
                         let outcome = match &status {
                             Run::Executed(o, _) => {
                                 self.record_raised(&tx, &signal, o, now)?;
-                                Some(outcome_json(o, &signal).to_string())
+                                Some(outcome_json(o, &signal))
                             }
                             _ => None,
                         };

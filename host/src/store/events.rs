@@ -217,11 +217,11 @@ pub fn set_status(
 
 /// A group of a cluster member ran event `id` later (a replay): its runs
 /// join the row's outcome, the row says `executed`, and `replayed` sticks
-/// once set.
+/// once set. `runs` is the JSON array of the new runs.
 pub fn append_outcome(
     conn: &Connection,
     id: u64,
-    runs: &serde_json::Value,
+    runs: &str,
     replayed: bool,
 ) -> Result<(), StoreError> {
     use rusqlite::OptionalExtension;
@@ -233,8 +233,8 @@ pub fn append_outcome(
         .flatten()
         .and_then(|o| serde_json::from_str(&o).ok())
         .unwrap_or_default();
-    if let serde_json::Value::Array(new) = runs {
-        all.extend(new.iter().cloned());
+    if let Ok(serde_json::Value::Array(new)) = serde_json::from_str(runs) {
+        all.extend(new);
     }
     conn.prepare_cached(
         "UPDATE event_log SET status = 'executed', outcome = ?2, replayed = (replayed OR ?3) WHERE id = ?1",
