@@ -7,6 +7,7 @@
 //! that the cluster driver installs ([`Node::set_fanout`]), which posts
 //! them to every member: whoever owns the groups of their rules runs them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,11 +30,16 @@ pub(super) struct GroupedTx<'a> {
     /// False keeps the signal pending everywhere (a commit refused by the
     /// fencing deadline is redone that way).
     pub(super) may_run: bool,
-    /// Which groups keep pending rows, asked once in the transaction.
-    pub(super) pending: groups::PendingGroups,
+    /// Which groups keep pending rows or tombstones, asked once in the
+    /// transaction.
+    pub(super) rows: groups::GroupRows,
     /// The executions recorded, for the publisher's feed once committed
     /// ([`GroupedTx::committed`]).
     recorded: Vec<ExecRow>,
+    /// The groups each signal name has rules in, looked up once per name
+    /// in the transaction (the rule set's index does not change while its
+    /// lock is held; at most one entry per signal of the batch).
+    groups_of: HashMap<String, Arc<[Arc<str>]>>,
 }
 
 impl<'a> GroupedTx<'a> {
@@ -42,9 +48,20 @@ impl<'a> GroupedTx<'a> {
             now,
             only,
             may_run,
-            pending: groups::PendingGroups::default(),
+            rows: groups::GroupRows::default(),
             recorded: Vec::new(),
+            groups_of: HashMap::new(),
         }
+    }
+
+    /// The groups `name` has rules in ([`RuleSet::groups_of`]), memoised.
+    fn groups_of(&mut self, rules: &mut RuleSet, name: &str) -> Arc<[Arc<str>]> {
+        if let Some(g) = self.groups_of.get(name) {
+            return g.clone();
+        }
+        let g: Arc<[Arc<str>]> = rules.groups_of(name).into();
+        self.groups_of.insert(name.to_owned(), g.clone());
+        g
     }
 
     /// Once the transaction has committed (never before): hand the
@@ -64,10 +81,12 @@ impl Node {
         signal: &Signal,
         g: &mut GroupedTx<'_>,
     ) -> Result<Run, StoreError> {
-        let mut candidates = rules.groups_of(&signal.name);
-        if let Some(only) = g.only {
-            candidates.retain(|x| &**x == only);
-        }
+        let all = g.groups_of(rules, &signal.name);
+        let only = g.only;
+        let candidates: Vec<&Arc<str>> = all
+            .iter()
+            .filter(|x| only.is_none_or(|o| &***x == o))
+            .collect();
         if candidates.is_empty() {
             // No rule anywhere takes it: nothing to run, nothing to keep.
             return Ok(Run::Executed(Outcome::default(), 0));
@@ -77,7 +96,7 @@ impl Node {
         let mut todo = Vec::with_capacity(candidates.len());
         let mut done = 0;
         for group in candidates {
-            match groups::state(tx, &mut g.pending, &group, &signal.key)? {
+            match groups::state(tx, &mut g.rows, group, &signal.key)? {
                 groups::KeyState::Ran => done += 1,
                 groups::KeyState::Pending => todo.push((group, true)),
                 groups::KeyState::New => todo.push((group, false)),
@@ -88,7 +107,7 @@ impl Node {
         }
         let started = Instant::now();
         let d = if g.may_run {
-            rules.dispatch_where(signal, &mut |grp| todo.iter().any(|(t, _)| &**t == grp))
+            rules.dispatch_where(signal, &mut |grp| todo.iter().any(|(t, _)| ***t == *grp))
         } else {
             Dispatch::Suppressed
         };
@@ -111,7 +130,7 @@ impl Node {
         // pair `executed_key` row).
         let mut seq = 0;
         for (group, pending) in &todo {
-            match ran.iter().find(|(r, _)| r == group) {
+            match ran.iter().find(|(r, _)| r == *group) {
                 Some((_, epoch)) => {
                     if let Some(n) = groups::record(tx, group, &signal.key, *epoch, g.now)? {
                         seq = seq.max(n);
@@ -122,7 +141,7 @@ impl Node {
                         groups::drop_pending(tx, group, &signal.key)?;
                     }
                 }
-                None if !pending => g.pending.add(tx, group, &signal.key, signal.id, g.now)?,
+                None if !pending => g.rows.add(tx, group, &signal.key, signal.id, g.now)?,
                 None => {}
             }
         }

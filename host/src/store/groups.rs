@@ -22,22 +22,40 @@ pub enum KeyState {
     New,
 }
 
-/// Whether groups keep any pending row, asked once per group within one
-/// transaction. The owner of a group keeps none (it runs what arrives),
-/// and [`state`] then skips that lookup key by key. One per transaction:
-/// pending rows added through [`PendingGroups::add`] are counted; rows
-/// added any other way in the same transaction are not.
+/// Whether groups keep any pending row or any tombstone, asked once per
+/// group within one transaction. The owner of a group keeps no pending
+/// row (it runs what arrives), and a group that has not changed hands
+/// lately has no tombstones; [`state`] then skips those lookups key by
+/// key. One per transaction: pending rows added through
+/// [`GroupRows::add`] are counted; rows added any other way in the same
+/// transaction are not (tombstones are stored only in their own
+/// transactions, [`apply_batches`]).
 #[derive(Debug, Default)]
-pub struct PendingGroups(HashMap<String, bool>);
+pub struct GroupRows {
+    pending: HashMap<String, bool>,
+    tombstones: HashMap<String, bool>,
+}
 
-impl PendingGroups {
+impl GroupRows {
     /// Whether `group` keeps any pending row.
-    pub fn any(&mut self, tx: &Transaction<'_>, group: &str) -> Result<bool, StoreError> {
-        if let Some(&any) = self.0.get(group) {
+    fn any_pending(&mut self, tx: &Transaction<'_>, group: &str) -> Result<bool, StoreError> {
+        if let Some(&any) = self.pending.get(group) {
             return Ok(any);
         }
         let any = has_pending(tx, group)?;
-        self.0.insert(group.to_owned(), any);
+        self.pending.insert(group.to_owned(), any);
+        Ok(any)
+    }
+
+    /// Whether `group` has any tombstone.
+    fn any_tombstone(&mut self, tx: &Transaction<'_>, group: &str) -> Result<bool, StoreError> {
+        if let Some(&any) = self.tombstones.get(group) {
+            return Ok(any);
+        }
+        let any: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM group_tombstone WHERE grp = ?1)")?
+            .query_row([group], |r| r.get(0))?;
+        self.tombstones.insert(group.to_owned(), any);
         Ok(any)
     }
 
@@ -55,7 +73,7 @@ impl PendingGroups {
              ON CONFLICT (grp, key) DO NOTHING",
         )?
         .execute(params![group, key, event_id as i64, at])?;
-        self.0.insert(group.to_owned(), true);
+        self.pending.insert(group.to_owned(), true);
         Ok(())
     }
 }
@@ -68,33 +86,39 @@ fn has_pending(tx: &Transaction<'_>, group: &str) -> Result<bool, StoreError> {
 }
 
 /// Whether `group` already ran `key` (here or on another member), keeps
-/// it as pending, or has never seen it; `pending` spares the pending
-/// lookup of a group that keeps none.
+/// it as pending, or has never seen it, in one statement; `memo` spares
+/// the pending and tombstone lookups of a group that has none.
 pub fn state(
     tx: &Transaction<'_>,
-    pending: &mut PendingGroups,
+    memo: &mut GroupRows,
     group: &str,
     key: &str,
 ) -> Result<KeyState, StoreError> {
-    // `group` (?1) ran `key` (?2): here, or a tombstone.
-    macro_rules! ran {
+    // `group` (?1) ran `key` (?2) here; another member ran it (a
+    // tombstone); it is kept as pending.
+    macro_rules! here {
         () => {
-            "EXISTS (SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2)
-             OR EXISTS (SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2)"
+            "EXISTS (SELECT 1 FROM group_executed WHERE grp = ?1 AND key = ?2)"
         };
     }
-    if !pending.any(tx, group)? {
-        let ran: bool = tx
-            .prepare_cached(concat!("SELECT ", ran!()))?
-            .query_row(params![group, key], |r| r.get(0))?;
-        return Ok(if ran { KeyState::Ran } else { KeyState::New });
+    macro_rules! elsewhere {
+        () => {
+            " OR EXISTS (SELECT 1 FROM group_tombstone WHERE grp = ?1 AND key = ?2)"
+        };
     }
-    let (ran, pending): (bool, bool) = tx
-        .prepare_cached(concat!(
-            "SELECT ",
-            ran!(),
+    macro_rules! pending {
+        () => {
             ", EXISTS (SELECT 1 FROM group_pending WHERE grp = ?1 AND key = ?2)"
-        ))?
+        };
+    }
+    let sql = match (memo.any_tombstone(tx, group)?, memo.any_pending(tx, group)?) {
+        (false, false) => concat!("SELECT ", here!(), ", 0"),
+        (true, false) => concat!("SELECT ", here!(), elsewhere!(), ", 0"),
+        (false, true) => concat!("SELECT ", here!(), pending!()),
+        (true, true) => concat!("SELECT ", here!(), elsewhere!(), pending!()),
+    };
+    let (ran, pending): (bool, bool) = tx
+        .prepare_cached(sql)?
         .query_row(params![group, key], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(match (ran, pending) {
         (true, _) => KeyState::Ran,
@@ -321,7 +345,7 @@ mod tests {
         store
             .write_blocking(|c| {
                 let tx = c.transaction()?;
-                let mut p = PendingGroups::default();
+                let mut p = GroupRows::default();
                 // A group asked before it keeps anything: the pending
                 // lookup is skipped, and a row added through the memo
                 // turns it back on.
@@ -342,18 +366,27 @@ mod tests {
                 assert_eq!(state(&tx, &mut p, "a", "k1")?, KeyState::Ran);
                 assert_eq!(state(&tx, &mut p, "b", "k1")?, KeyState::Pending);
                 // A fresh memo (the next transaction) asks the table.
-                let mut fresh = PendingGroups::default();
+                let mut fresh = GroupRows::default();
                 assert_eq!(state(&tx, &mut fresh, "b", "k1")?, KeyState::Pending);
-                assert!(!fresh.any(&tx, "c")?);
+                assert!(!fresh.any_pending(&tx, "c")?);
                 // Tombstones: ran for their group only, and the group's
                 // pending row only goes.
                 p.add(&tx, "a", "k3", 3, 300)?;
+                assert_eq!(state(&tx, &mut p, "c", "k1")?, KeyState::New);
                 assert_eq!(tombstone(&tx, "a", &["k3".into(), "k4".into()], 500)?, 1);
                 assert_eq!(tombstone(&tx, "c", &["k1".into()], 500)?, 0);
-                assert_eq!(state(&tx, &mut p, "a", "k3")?, KeyState::Ran);
-                assert_eq!(state(&tx, &mut p, "a", "k4")?, KeyState::Ran);
-                assert_eq!(state(&tx, &mut p, "c", "k1")?, KeyState::Ran);
-                assert_eq!(state(&tx, &mut p, "c", "k2")?, KeyState::New);
+                // The memo that found no tombstone of `c` keeps saying so
+                // (tombstones are stored in transactions of their own);
+                // the next transaction's sees them.
+                assert_eq!(state(&tx, &mut p, "c", "k1")?, KeyState::New);
+                let mut next = GroupRows::default();
+                assert_eq!(state(&tx, &mut next, "a", "k3")?, KeyState::Ran);
+                assert_eq!(state(&tx, &mut next, "a", "k4")?, KeyState::Ran);
+                assert_eq!(state(&tx, &mut next, "c", "k1")?, KeyState::Ran);
+                assert_eq!(state(&tx, &mut next, "c", "k2")?, KeyState::New);
+                // Ran here and pending elsewhere, with tombstones about.
+                assert_eq!(state(&tx, &mut next, "a", "k2")?, KeyState::Pending);
+                assert_eq!(state(&tx, &mut next, "a", "k1")?, KeyState::Ran);
                 tx.commit()?;
                 Ok(())
             })
