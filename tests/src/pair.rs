@@ -26,6 +26,9 @@ pub const WAIT: Duration = Duration::from_secs(30);
 pub struct Opts {
     pub failback: &'static str,
     pub startup_delay: &'static str,
+    /// The primary's `startup_delay`, when it differs from the
+    /// secondary's (`startup_delay`).
+    pub startup_delay_p: Option<&'static str>,
     pub secret_p: &'static str,
     /// Extra `[failover]` lines (both nodes).
     pub failover_extra: &'static str,
@@ -42,6 +45,7 @@ impl Default for Opts {
         Opts {
             failback: "auto",
             startup_delay: "300ms",
+            startup_delay_p: None,
             secret_p: PAIR_SECRET,
             rules: Vec::new(),
             advanced: "",
@@ -54,6 +58,10 @@ impl Default for Opts {
 }
 
 pub fn failover_section(role: &str, o: &Opts, secret: &str, link: &str) -> String {
+    let startup_delay = match o.startup_delay_p {
+        Some(d) if role == "primary" => d,
+        _ => o.startup_delay,
+    };
     let (key, rank) = if role == "primary" {
         ("peer", 1)
     } else {
@@ -63,7 +71,7 @@ pub fn failover_section(role: &str, o: &Opts, secret: &str, link: &str) -> Strin
         "[failover]\nrole = \"{role}\"\nrank = {rank}\nprimary = \"dev4120\"\nsecondary = \"wat4120\"\n{key} = \"{link}\"\n\
          secret = \"{secret}\"\nstartup_delay = \"{}\"\ntimeout = \"{TIMEOUT_MS}ms\"\ncheck_interval = \"{CHECK_MS}ms\"\n\
          failback = \"{}\"\ntable_sync_types = {}\n{}\n[failover.advanced]\nlab_timings = true\n{}\n",
-        o.startup_delay, o.failback, o.sync_types, o.failover_extra, o.advanced
+        startup_delay, o.failback, o.sync_types, o.failover_extra, o.advanced
     )
 }
 

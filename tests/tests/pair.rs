@@ -123,8 +123,10 @@ fn startup_delay_blocks_a_takeover() {
 #[test]
 fn a_primary_that_never_got_ready_is_not_taken_over_from() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // P is not Ready for a minute (longer than this test), S after
+    // 300 ms: however slow the machine, P dies before it is Ready.
     let o = Opts {
-        startup_delay: "5s",
+        startup_delay_p: Some("60s"),
         ..Opts::default()
     };
     let mut pair = start_pair(o, None);
@@ -133,9 +135,16 @@ fn a_primary_that_never_got_ready_is_not_taken_over_from() {
     wait_until("the link", WAIT, || {
         get(pair.s.admin(), "/api/v1/status", Some("admin")).json()["peer"]["link_state"] == "up"
     });
+    let p_status = get(pair.p.admin(), "/api/v1/status", Some("admin")).json();
+    assert_eq!(
+        p_status["ready"], false,
+        "P must not be Ready yet: {p_status}"
+    );
     pair.p.kill9();
+    // Far past the 1 s timeout and S's own startup delay.
     std::thread::sleep(Duration::from_millis(6500));
     assert_eq!(status(&pair.s).0, 503);
+    assert!(failovers(&pair.s).is_empty(), "no takeover");
 }
 
 #[test]
