@@ -103,6 +103,9 @@ struct Driver {
     gaps: Vec<i64>,
     /// The pruning of executed batches, while it runs.
     prune_task: Option<tokio::task::JoinHandle<()>>,
+    /// The executed-batch value format every configured node reads, as
+    /// the last view showed it ([`model::batch_format`]).
+    batch_format: watch::Sender<u32>,
 }
 
 /// Start the driver task.
@@ -147,6 +150,7 @@ pub(super) fn start(
         rev_samples: std::collections::VecDeque::new(),
         gaps: Vec::new(),
         prune_task: None,
+        batch_format: watch::Sender::new(1),
     };
     tokio::spawn(d.run(cmds, stop))
 }
@@ -381,6 +385,7 @@ impl Driver {
                 self.node.clone(),
                 client.clone(),
                 self.keys.clone(),
+                self.batch_format.subscribe(),
                 self.stop.clone(),
             ));
             tokio::spawn(executed::watch_loop(
@@ -520,6 +525,7 @@ impl Driver {
             ready: true,
             lease,
             generation,
+            batch_format: executed::BATCH_FORMAT,
         };
         let value = serde_json::to_vec(&m).map_err(|e| ClusterError::Refused(e.to_string()))?;
         self.call(
@@ -566,6 +572,9 @@ impl Driver {
             self.rev_samples.pop_front();
         }
         self.members = view.members;
+        let format = model::batch_format(&self.cfg.nodes(), &self.members);
+        self.batch_format
+            .send_if_modified(|f| std::mem::replace(f, format) != format);
         self.owners = view.owners;
         self.publisher = view.publisher;
         self.node.set_publisher(self.publisher.clone());
@@ -1057,16 +1066,18 @@ impl Driver {
         let key = self.keys.owner(group);
         // The giver's executed keys not yet published travel in the move
         // itself: the taker reads them at the move's revision.
-        let mut batches = match executed::take_unpublished(&self.node, &self.keys, group).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(
-                    group,
-                    "cluster: cannot read the unpublished executed keys: {e}"
-                );
-                Vec::new()
-            }
-        };
+        let format = *self.batch_format.borrow();
+        let mut batches =
+            match executed::take_unpublished(&self.node, &self.keys, group, format).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(
+                        group,
+                        "cluster: cannot read the unpublished executed keys: {e}"
+                    );
+                    Vec::new()
+                }
+            };
         // All but the last batch are put first (the gate is closed: no
         // new ones come), so the move transaction stays small.
         let last = batches.pop();

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::ClusterError;
 use super::keepalive::{bounded, retried};
@@ -39,10 +40,96 @@ pub(super) const BATCH_KEYS: u32 = 2000;
 /// `applied_rev`.
 const APPLIED_REV_EVERY: Duration = Duration::from_secs(1);
 
-/// A batch's value.
+/// A batch's value, before its format's encoding.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Batch {
     pub(super) keys: Vec<String>,
+}
+
+/// The newest batch value format this build reads, advertised in its
+/// members key ([`super::model::Member::batch_format`]):
+/// - 1: the JSON of [`Batch`];
+/// - 2: that JSON in one zstd frame (a frame opens with zstd's magic
+///   number, which no JSON text does, so a reader tells them apart).
+///
+/// A node writes format 2 only while every configured node advertises it
+/// ([`super::model::batch_format`]). etcd's work grows with the bytes it
+/// stores and sends to every watcher; keys compress well.
+pub(super) const BATCH_FORMAT: u32 = 2;
+
+/// How a zstd frame opens (RFC 8878 §3.1.1).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// The largest batch a reader decompresses: [`BATCH_KEYS`] keys of at
+/// most 256 bytes, each escaped in JSON at worst six bytes a byte.
+const MAX_BATCH_BYTES: usize = BATCH_KEYS as usize * (256 * 6 + 3) + 64;
+
+/// Why a batch value cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BatchError {
+    #[error("a zstd frame that does not say its size, or says more than {MAX_BATCH_BYTES} bytes")]
+    Size,
+    #[error("not a zstd frame of the size it says: {0}")]
+    Zstd(std::io::Error),
+    #[error("not a batch: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("more than {BATCH_KEYS} keys")]
+    TooMany,
+}
+
+/// [`Batch`] as written: the keys borrowed from the rows they come from.
+#[derive(Serialize)]
+struct BatchOut<'a> {
+    keys: &'a [&'a str],
+}
+
+thread_local! {
+    /// One zstd context per thread, kept between batches (making one
+    /// costs more than compressing a batch).
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Encode `keys` as a batch value of `format` (2 or more: compressed).
+pub(super) fn encode_batch(keys: &[&str], format: u32) -> Vec<u8> {
+    let json = serde_json::to_vec(&BatchOut { keys }).unwrap_or_default();
+    if format < 2 {
+        return json;
+    }
+    // Level 1: the keys are repetitive, and the owner's time is the
+    // scarce part. A failure (none is known for a buffer in memory)
+    // leaves the JSON, which every reader takes.
+    let compressed = COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(1).ok();
+        }
+        c.as_mut().and_then(|z| z.compress(&json).ok())
+    });
+    compressed.unwrap_or(json)
+}
+
+/// A batch value's keys, of either format.
+pub(super) fn decode_batch(value: &[u8]) -> Result<Vec<String>, BatchError> {
+    let batch: Batch = if value.starts_with(&ZSTD_MAGIC) {
+        // The frame says its size (the writer's one-shot compression puts
+        // it there); more than a batch can hold is refused before any
+        // byte is decompressed, and a frame longer than it says fails.
+        let size = zstd::zstd_safe::get_frame_content_size(value)
+            .ok()
+            .flatten()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n <= MAX_BATCH_BYTES)
+            .ok_or(BatchError::Size)?;
+        let json = zstd::bulk::decompress(value, size).map_err(BatchError::Zstd)?;
+        serde_json::from_slice(&json)?
+    } else {
+        serde_json::from_slice(value)?
+    };
+    if batch.keys.len() > BATCH_KEYS as usize {
+        return Err(BatchError::TooMany);
+    }
+    Ok(batch.keys)
 }
 
 /// `executed/<group>/<node>-<seq>` -> (group, node).
@@ -53,18 +140,18 @@ pub(super) fn parse_batch_key<'a>(keys: &Keys, key: &'a str) -> Option<(&'a str,
     Some((group, node))
 }
 
-/// The batch key and value for `rows` (seq, group, key, at) of one group.
+/// The batch key and value (in `format`) for `rows` (seq, group, key,
+/// at) of one group.
 pub(super) fn batch_for(
     keys: &Keys,
     me: &str,
     group: &str,
     rows: &[groups::ExecRow],
+    format: u32,
 ) -> Option<(String, Vec<u8>)> {
     let last = rows.iter().map(|r| r.0).max()?;
-    let value = serde_json::to_vec(&Batch {
-        keys: rows.iter().map(|r| r.2.clone()).collect(),
-    })
-    .ok()?;
+    let keys_of: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    let value = encode_batch(&keys_of, format);
     Some((keys.executed(group, me, last), value))
 }
 
@@ -76,6 +163,7 @@ pub(super) async fn take_unpublished(
     node: &Arc<Node>,
     keys: &Keys,
     group: &str,
+    format: u32,
 ) -> Result<Vec<(String, Vec<u8>)>, ClusterError> {
     let g = group.to_owned();
     let (_, rows) = node
@@ -86,13 +174,20 @@ pub(super) async fn take_unpublished(
     let me = node.config().node.name.clone();
     Ok(rows
         .chunks(BATCH_KEYS as usize)
-        .filter_map(|chunk| batch_for(keys, &me, group, chunk))
+        .filter_map(|chunk| batch_for(keys, &me, group, chunk, format))
         .collect())
 }
 
 /// Put this node's unpublished executions as batches, every
-/// `publish_window`, until `stop`.
-pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, stop: Listener) {
+/// `publish_window`, until `stop`, in the value format `format` holds
+/// when each batch is made ([`super::model::batch_format`]).
+pub(super) async fn publish_loop(
+    node: Arc<Node>,
+    client: Client,
+    keys: Keys,
+    format: watch::Receiver<u32>,
+    stop: Listener,
+) {
     let Some(cfg) = node.config().cluster.clone() else {
         return;
     };
@@ -144,18 +239,15 @@ pub(super) async fn publish_loop(node: Arc<Node>, client: Client, keys: Keys, st
                 break;
             };
             let oldest = rows.iter().map(|r| r.3).min().unwrap_or(0);
-            let mut by_group: BTreeMap<String, Vec<groups::ExecRow>> = BTreeMap::new();
+            let mut by_group: BTreeMap<Arc<str>, Vec<groups::ExecRow>> = BTreeMap::new();
             for r in rows {
-                match by_group.get_mut(&r.1) {
-                    Some(v) => v.push(r),
-                    None => {
-                        by_group.insert(r.1.clone(), vec![r]);
-                    }
-                }
+                by_group.entry(Arc::clone(&r.1)).or_default().push(r);
             }
             let mut failed = false;
+            let format = *format.borrow();
             for (group, rows) in by_group {
-                let Some((key, value)) = batch_for(&keys, &cfg_name(&node), &group, &rows) else {
+                let Some((key, value)) = batch_for(&keys, &cfg_name(&node), &group, &rows, format)
+                else {
                     continue;
                 };
                 let put = retried(node.metrics(), t, "put executed keys", || {
@@ -216,8 +308,15 @@ fn foreign_batches(
             if node == me {
                 return None;
             }
-            let b: Batch = serde_json::from_slice(kv.value()).ok()?;
-            Some((group.to_owned(), b.keys))
+            match decode_batch(kv.value()) {
+                Ok(keys) => Some((group.to_owned(), keys)),
+                Err(e) => {
+                    // Its keys' tombstones are missing here: a takeover
+                    // may run them again, under the same ids.
+                    tracing::warn!(key = ?kv.key_str(), "cluster: an executed batch skipped: {e}");
+                    None
+                }
+            }
         })
         .collect()
 }
@@ -422,13 +521,67 @@ mod tests {
         assert_eq!(parse_batch_key(&keys, "/tandem/t/owners/x"), None);
         assert_eq!(parse_batch_key(&keys, "/tandem/other/executed/g/n-1"), None);
         let rows = vec![
-            (3, "g".to_owned(), "k3".to_owned(), 0),
-            (7, "g".to_owned(), "k7".to_owned(), 0),
+            (3, "g".into(), "k3".to_owned(), 0),
+            (7, "g".into(), "k7".to_owned(), 0),
         ];
-        let (key, value) = batch_for(&keys, "me", "g", &rows).expect("batch");
+        let (key, value) = batch_for(&keys, "me", "g", &rows, 1).expect("batch");
         assert_eq!(key, keys.executed("g", "me", 7));
         let b: Batch = serde_json::from_slice(&value).expect("json");
         assert_eq!(b.keys, vec!["k3", "k7"]);
-        assert!(batch_for(&keys, "me", "g", &[]).is_none());
+        assert!(batch_for(&keys, "me", "g", &[], 2).is_none());
+    }
+
+    fn keys(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("door-17/{i}")).collect()
+    }
+
+    fn encode(keys: &[String], format: u32) -> Vec<u8> {
+        let k: Vec<&str> = keys.iter().map(String::as_str).collect();
+        encode_batch(&k, format)
+    }
+
+    #[test]
+    fn both_formats_read_back_and_format_2_is_smaller() {
+        let k = keys(BATCH_KEYS as usize);
+        let json = encode(&k, 1);
+        // Format 1 is the JSON a build that reads nothing else expects.
+        let old: Batch = serde_json::from_slice(&json).expect("format 1 is JSON");
+        assert_eq!(old.keys, k);
+        let z = encode(&k, BATCH_FORMAT);
+        assert!(z.starts_with(&ZSTD_MAGIC));
+        assert!(
+            z.len() * 4 < json.len(),
+            "{} bytes against {}",
+            z.len(),
+            json.len()
+        );
+        assert_eq!(decode_batch(&json).expect("format 1"), k);
+        assert_eq!(decode_batch(&z).expect("format 2"), k);
+        // A build that reads only JSON refuses format 2 (and skips the
+        // batch): why it is written only once every node reads it.
+        assert!(serde_json::from_slice::<Batch>(&z).is_err());
+    }
+
+    #[test]
+    fn hostile_batch_values_are_refused() {
+        // A frame that would decompress past any batch (a zip bomb).
+        let bomb = zstd::bulk::compress(&vec![b' '; MAX_BATCH_BYTES + 1], 3).expect("bomb");
+        assert!(bomb.len() < 1024);
+        assert!(matches!(decode_batch(&bomb), Err(BatchError::Size)));
+        // The magic and then garbage; a frame cut short.
+        let mut junk = ZSTD_MAGIC.to_vec();
+        junk.extend_from_slice(&[0xff; 64]);
+        assert!(decode_batch(&junk).is_err());
+        let z = encode(&keys(100), 2);
+        assert!(matches!(
+            decode_batch(&z[..z.len() - 4]),
+            Err(BatchError::Zstd(_))
+        ));
+        // A frame that is no batch; JSON that is none; too many keys.
+        let not_json = zstd::bulk::compress(b"\x00\x01", 1).expect("frame");
+        assert!(matches!(decode_batch(&not_json), Err(BatchError::Json(_))));
+        assert!(matches!(decode_batch(b"[1,2]"), Err(BatchError::Json(_))));
+        let many = encode(&keys(BATCH_KEYS as usize + 1), 2);
+        assert!(matches!(decode_batch(&many), Err(BatchError::TooMany)));
     }
 }

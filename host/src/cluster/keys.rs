@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! config/groups      the groups digest (created once)
-//! members/<node>     {version, advertise, ready, lease} under the node's lease
+//! members/<node>     {version, advertise, ready, lease, generation,
+//!                     batch_format} under the node's lease
 //! owners/<group>     {node, lease, pinned, handed_at} under the owner's lease
 //! publisher          {node} (the node that pushes the synced tables)
-//! executed/<group>/<node>-<seq>   {keys} a batch of executed signal keys
+//! executed/<group>/<node>-<seq>   {keys} a batch of executed signal keys,
+//!                     JSON or zstd-compressed JSON (executed::BATCH_FORMAT)
 //! ```
 
 /// The keys of one cluster.

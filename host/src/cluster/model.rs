@@ -19,6 +19,27 @@ pub struct Member {
     /// The last table-sync generation it holds.
     #[serde(default)]
     pub generation: u64,
+    /// The newest executed-batch value format it reads (1 when absent:
+    /// a build from before formats were advertised reads JSON only).
+    #[serde(default = "first_format")]
+    pub batch_format: u32,
+}
+
+fn first_format() -> u32 {
+    1
+}
+
+/// The executed-batch value format every node of the cluster reads: the
+/// oldest any configured node advertises, and 1 (JSON) while any of them
+/// is not a member. A node that is down may come back on any build, and
+/// it reads the batches put while it was away.
+pub fn batch_format(nodes: &[String], members: &BTreeMap<String, Member>) -> u32 {
+    nodes
+        .iter()
+        .map(|n| members.get(n).map_or(1, |m| m.batch_format))
+        .min()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// `owners/<group>`: who owns it, under which lease; `pinned` by a
@@ -184,10 +205,43 @@ mod tests {
                         ready: *r,
                         lease: 1,
                         generation: 0,
+                        batch_format: 1,
                     },
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_batch_format_is_written_only_once_every_configured_node_reads_it() {
+        let nodes = list(&["a", "b", "c"]);
+        let mut m = members(&[("a", true), ("b", true), ("c", true)]);
+        // Every member on a build that reads JSON only.
+        assert_eq!(batch_format(&nodes, &m), 1);
+        for v in m.values_mut() {
+            v.batch_format = 2;
+        }
+        assert_eq!(batch_format(&nodes, &m), 2);
+        // One member behind holds the cluster back.
+        m.get_mut("b").expect("b").batch_format = 1;
+        assert_eq!(batch_format(&nodes, &m), 1);
+        m.get_mut("b").expect("b").batch_format = 2;
+        // A configured node that is not a member may come back on any build.
+        m.remove("c");
+        assert_eq!(batch_format(&nodes, &m), 1);
+        // Members no group lists do not count; no configured node at all
+        // means JSON.
+        let mut extra = m.clone();
+        extra.insert("z".into(), extra["a"].clone());
+        extra.get_mut("z").expect("z").batch_format = 1;
+        assert_eq!(batch_format(&list(&["a", "b"]), &extra), 2);
+        assert_eq!(batch_format(&[], &m), 1);
+        // A members value from a build that did not advertise a format.
+        let old: Member = serde_json::from_str(
+            r#"{"version":"0.1.0","advertise":"http://a","ready":true,"lease":7}"#,
+        )
+        .expect("an old members value");
+        assert_eq!(old.batch_format, 1);
     }
 
     fn owner(node: &str, lease: i64, rev: i64) -> Owner {

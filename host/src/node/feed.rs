@@ -10,7 +10,7 @@
 //! never holds one that a rollback took back.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub use crate::store::groups::ExecRow;
 
@@ -18,10 +18,13 @@ pub use crate::store::groups::ExecRow;
 /// publisher reads them from the store.
 const CAP: usize = 20_000;
 
+/// Rows by seq: (group, key, at).
+type Rows = BTreeMap<u64, (Arc<str>, String, i64)>;
+
 /// Committed executions not yet taken by the publisher, by seq.
 #[derive(Debug, Default)]
 pub struct ExecFeed {
-    rows: Mutex<BTreeMap<u64, (String, String, i64)>>,
+    rows: Mutex<Rows>,
 }
 
 impl ExecFeed {
@@ -45,21 +48,28 @@ impl ExecFeed {
     /// one (read the store). Rows at or below `cursor` are dropped.
     pub fn take_after(&self, cursor: u64, limit: usize) -> Option<Vec<ExecRow>> {
         let mut m = self.lock();
-        let rest = m.split_off(&cursor.saturating_add(1));
+        let first = cursor.saturating_add(1);
+        let rest = m.split_off(&first);
         *m = rest;
-        let mut out = Vec::new();
-        let mut next = cursor.saturating_add(1);
-        while out.len() < limit {
-            match m.first_entry() {
-                Some(e) if *e.key() == next => {
-                    let (seq, (group, key, at)) = e.remove_entry();
-                    out.push((seq, group, key, at));
-                    next = next.saturating_add(1);
-                }
-                _ => break,
-            }
+        // Seqs are unique and sorted: the rows to take are the run that
+        // counts up from `first`, and they leave the map in one split.
+        let n = m
+            .keys()
+            .zip(first..)
+            .take(limit)
+            .take_while(|(seq, want)| **seq == *want)
+            .count();
+        if n == 0 {
+            return None;
         }
-        (!out.is_empty()).then_some(out)
+        let rest = m.split_off(&first.saturating_add(n as u64));
+        let taken = std::mem::replace(&mut *m, rest);
+        Some(
+            taken
+                .into_iter()
+                .map(|(seq, (group, key, at))| (seq, group, key, at))
+                .collect(),
+        )
     }
 
     /// Whether the feed holds nothing.
@@ -67,7 +77,7 @@ impl ExecFeed {
         self.lock().is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (String, String, i64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rows> {
         // A panic while holding it leaves a map still worth reading: the
         // store is the truth either way.
         self.rows.lock().unwrap_or_else(|e| e.into_inner())

@@ -40,6 +40,11 @@ pub(super) struct GroupedTx<'a> {
     /// in the transaction (the rule set's index does not change while its
     /// lock is held; at most one entry per signal of the batch).
     groups_of: HashMap<String, Arc<[Arc<str>]>>,
+    /// Scratch for one signal, kept for the next: the groups still to run
+    /// it (and whether each keeps it as pending), and those whose rules
+    /// ran with their epochs.
+    todo: Vec<(Arc<str>, bool)>,
+    ran: Vec<(Arc<str>, u64)>,
 }
 
 impl<'a> GroupedTx<'a> {
@@ -51,6 +56,8 @@ impl<'a> GroupedTx<'a> {
             rows: groups::GroupRows::default(),
             recorded: Vec::new(),
             groups_of: HashMap::new(),
+            todo: Vec::new(),
+            ran: Vec::new(),
         }
     }
 
@@ -83,31 +90,29 @@ impl Node {
     ) -> Result<Run, StoreError> {
         let all = g.groups_of(rules, &signal.name);
         let only = g.only;
-        let candidates: Vec<&Arc<str>> = all
-            .iter()
-            .filter(|x| only.is_none_or(|o| &***x == o))
-            .collect();
-        if candidates.is_empty() {
+        // The groups still to run it, each with whether it keeps the key
+        // as pending.
+        g.todo.clear();
+        let (mut candidates, mut done) = (0, 0);
+        for group in all.iter().filter(|x| only.is_none_or(|o| &***x == o)) {
+            candidates += 1;
+            match groups::state(tx, &mut g.rows, group, &signal.key)? {
+                groups::KeyState::Ran => done += 1,
+                groups::KeyState::Pending => g.todo.push((Arc::clone(group), true)),
+                groups::KeyState::New => g.todo.push((Arc::clone(group), false)),
+            }
+        }
+        if candidates == 0 {
             // No rule anywhere takes it: nothing to run, nothing to keep.
             return Ok(Run::Executed(Outcome::default(), 0));
         }
-        // The groups still to run it, each with whether it keeps the key
-        // as pending.
-        let mut todo = Vec::with_capacity(candidates.len());
-        let mut done = 0;
-        for group in candidates {
-            match groups::state(tx, &mut g.rows, group, &signal.key)? {
-                groups::KeyState::Ran => done += 1,
-                groups::KeyState::Pending => todo.push((group, true)),
-                groups::KeyState::New => todo.push((group, false)),
-            }
-        }
-        if todo.is_empty() && done > 0 {
+        if g.todo.is_empty() && done > 0 {
             return Ok(Run::Covered);
         }
         let started = Instant::now();
         let d = if g.may_run {
-            rules.dispatch_where(signal, &mut |grp| todo.iter().any(|(t, _)| ***t == *grp))
+            let todo = &g.todo;
+            rules.dispatch_where(signal, &mut |grp| todo.iter().any(|(t, _)| **t == *grp))
         } else {
             Dispatch::Suppressed
         };
@@ -116,26 +121,26 @@ impl Node {
             Dispatch::Executed(o) => Some(o),
             Dispatch::Suppressed => None,
         };
-        let mut ran: Vec<(Arc<str>, u64)> = Vec::new();
+        g.ran.clear();
         for r in outcome
             .iter()
             .flat_map(|o| &o.runs)
             .filter(|r| r.origin == 0)
         {
-            if !ran.iter().any(|(g, _)| *g == r.group) {
-                ran.push((r.group.clone(), r.epoch));
+            if !g.ran.iter().any(|(g, _)| *g == r.group) {
+                g.ran.push((r.group.clone(), r.epoch));
             }
         }
         // The group row numbers the execution (a cluster member keeps no
         // pair `executed_key` row).
         let mut seq = 0;
-        for (group, pending) in &todo {
-            match ran.iter().find(|(r, _)| r == *group) {
+        for (group, pending) in &g.todo {
+            match g.ran.iter().find(|(r, _)| r == group) {
                 Some((_, epoch)) => {
                     if let Some(n) = groups::record(tx, group, &signal.key, *epoch, g.now)? {
                         seq = seq.max(n);
                         g.recorded
-                            .push((n, group.to_string(), signal.key.clone(), g.now));
+                            .push((n, Arc::clone(group), signal.key.clone(), g.now));
                     }
                     if *pending {
                         groups::drop_pending(tx, group, &signal.key)?;
@@ -146,7 +151,7 @@ impl Node {
             }
         }
         match outcome {
-            Some(o) if !ran.is_empty() => Ok(Run::Executed(o, seq)),
+            Some(o) if !g.ran.is_empty() => Ok(Run::Executed(o, seq)),
             _ => Ok(Run::Stored),
         }
     }

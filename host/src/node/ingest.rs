@@ -166,10 +166,14 @@ impl Node {
                 id: s.id,
                 key: s.key.clone(),
                 executed: matches!(run, Run::Executed(..)),
-                owners: rules.as_mut().map(|r| {
+                owners: rules.as_mut().and_then(|r| {
                     owners
                         .entry(s.name.as_str())
-                        .or_insert_with(|| Arc::new(self.owners_for(r, &s.name)))
+                        .or_insert_with(|| {
+                            serde_json::value::to_raw_value(&self.owners_for(r, &s.name))
+                                .ok()
+                                .map(Arc::from)
+                        })
                         .clone()
                 }),
             })

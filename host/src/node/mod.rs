@@ -77,16 +77,16 @@ pub struct SignalInput {
 }
 
 /// What happened to one accepted signal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Accepted {
     pub id: u64,
     pub key: String,
     pub executed: bool,
     /// A cluster member names, for each group the signal has rules in,
-    /// the node that owns it now (`null`: nobody). Shared by the signals
-    /// of a batch with the same name.
+    /// the node that owns it now (`null`: nobody): a JSON object, written
+    /// once for the signals of a batch with the same name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub owners: Option<Arc<std::collections::BTreeMap<String, Option<String>>>>,
+    pub owners: Option<Arc<serde_json::value::RawValue>>,
 }
 
 /// Why ingest refused a request. Nothing of a refused request is stored.

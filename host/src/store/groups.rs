@@ -3,13 +3,15 @@
 //! group this node did not own when they arrived.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::StoreError;
 
-/// One execution: (seq, group, key, at in ms).
-pub type ExecRow = (u64, String, String, i64);
+/// One execution: (seq, group, key, at in ms). The group is shared: a
+/// transaction's executions name a handful of groups.
+pub type ExecRow = (u64, Arc<str>, String, i64);
 
 /// What this node knows of `key` for `group` (read in one statement).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +191,7 @@ pub fn executed_after(
     let row = |r: &rusqlite::Row<'_>| {
         Ok((
             r.get::<_, i64>(0)?.max(0) as u64,
-            r.get(1)?,
+            Arc::<str>::from(r.get::<_, String>(1)?),
             r.get(2)?,
             r.get(3)?,
         ))
