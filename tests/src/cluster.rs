@@ -124,6 +124,35 @@ impl Etcd {
         format!("127.0.0.1:{}", self.members[i].client)
     }
 
+    /// Every key under `prefix` with its value, in key order, read from
+    /// member 0 through etcd's JSON gateway (`POST /v3/kv/range`).
+    pub fn range(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        // The end of a prefix range: the prefix with its last byte + 1.
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let body = serde_json::json!({"key": b64.encode(prefix), "range_end": b64.encode(&end)});
+        let base = format!("http://{}", self.client_addr(0));
+        let a = post(&base, "/v3/kv/range", None, &body.to_string());
+        assert_eq!(a.status, 200, "etcd range: {}", a.body);
+        let v: serde_json::Value = serde_json::from_str(&a.body).expect("etcd's JSON");
+        let decode = |x: &serde_json::Value| b64.decode(x.as_str().unwrap_or("")).expect("base64");
+        v["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| {
+                        let key = String::from_utf8(decode(&kv["key"])).expect("utf-8 key");
+                        (key, decode(&kv["value"]))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// kill -9 member `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

@@ -47,6 +47,51 @@ fn home(c: &Cluster) {
     c.wait_owners(&HOME, WAIT);
 }
 
+/// How a zstd frame opens: an executed batch in value format 2.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// office's executed batches of `group` in etcd: the etcd keys of the
+/// compressed ones, and the signal keys of the JSON ones.
+fn office_batches(c: &Cluster, group: &str) -> (Vec<String>, Vec<String>) {
+    let mut compressed = Vec::new();
+    let mut keys = Vec::new();
+    for (k, v) in c
+        .etcd
+        .range(&format!("/tandem/test/executed/{group}/office-"))
+    {
+        if v.starts_with(&ZSTD_MAGIC) {
+            compressed.push(k);
+            continue;
+        }
+        let b: serde_json::Value = serde_json::from_slice(&v)
+            .unwrap_or_else(|e| panic!("{k}: neither zstd nor JSON: {e}"));
+        keys.extend(
+            b["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_owned)),
+        );
+    }
+    (compressed, keys)
+}
+
+/// Whether `node` keeps a tombstone of `key` for `group`.
+fn has_tombstone(c: &Cluster, node: &str, group: &str, key: &str) -> bool {
+    let Ok(db) = rusqlite::Connection::open_with_flags(
+        c.node(node).db(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return false;
+    };
+    db.query_row(
+        "SELECT count(*) FROM group_tombstone WHERE grp = ?1 AND key = ?2",
+        [group, key],
+        |r| r.get::<_, i64>(0),
+    )
+    .is_ok_and(|n| n == 1)
+}
+
 #[test]
 fn each_group_runs_only_on_its_owner_and_a_signal_sent_to_all_runs_once_per_group() {
     let _one = lock();
@@ -128,6 +173,11 @@ fn kill_9_of_an_owner_moves_only_its_group_and_a_restart_brings_it_back() {
     let _one = lock();
     let mut c = start_cluster(Opts::default());
     home(&c);
+    // With every node up, executed keys go to etcd compressed.
+    c.send_to_all(&panic_signal("all-up"));
+    wait_for("a compressed batch of default", WAIT, || {
+        !office_batches(&c, "default").0.is_empty()
+    });
     let killed = Instant::now();
     c.node_mut("elementary").kill9();
     let moved = wait_for("elementary moves to office", LEASE_TTL + MARGIN, || {
@@ -157,9 +207,22 @@ fn kill_9_of_an_owner_moves_only_its_group_and_a_restart_brings_it_back() {
         from_rule(&got, "panic-elementary", "after-kill")[0].body["node"],
         "office"
     );
+    // A node is down: it may come back on a build that reads JSON only,
+    // so the keys it misses go to etcd as JSON.
+    wait_for("after-kill in a JSON batch of default", WAIT, || {
+        office_batches(&c, "default")
+            .1
+            .iter()
+            .any(|k| k == "after-kill")
+    });
+    let compressed = office_batches(&c, "default").0;
     // Restart: FAILOVER-OFF, and the group returns.
     c.node_mut("elementary").restart();
     home(&c);
+    // It read what was put while it was away.
+    wait_for("elementary's tombstone of after-kill", WAIT, || {
+        has_tombstone(&c, "elementary", "default", "after-kill")
+    });
     c.hook.wait_until(WAIT, |got| {
         !failovers(got, "FAILOVER-OFF", "elementary", killed).is_empty()
     });
@@ -171,6 +234,13 @@ fn kill_9_of_an_owner_moves_only_its_group_and_a_restart_brings_it_back() {
         from_rule(&got, "panic-elementary", "after-restart")[0].body["node"],
         "elementary"
     );
+    // Every node reads format 2 again.
+    wait_for("a new compressed batch of default", WAIT, || {
+        office_batches(&c, "default")
+            .0
+            .iter()
+            .any(|k| !compressed.contains(k))
+    });
 }
 
 #[test]
