@@ -141,7 +141,7 @@ fn summary(v: &serde_json::Value) -> String {
     out.push_str("members:\n");
     for m in v["members"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "  {:<16} {:<28} {} v{}\n",
+            "  {:<16} {:<28} {} v{} batches v{}\n",
             s(&m["node"]),
             s(&m["advertise"]),
             if m["ready"] == true {
@@ -149,7 +149,8 @@ fn summary(v: &serde_json::Value) -> String {
             } else {
                 "not ready"
             },
-            s(&m["version"])
+            s(&m["version"]),
+            m["batch_format"].as_u64().unwrap_or(1)
         ));
     }
     if let Some(p) = v["publisher"].as_str() {
@@ -167,7 +168,8 @@ mod tests {
             "fenced": {"since": 5, "reason": "no keepalive credited"},
             "owners": [{"group": "elementary", "node": "office", "epoch": 12, "pinned": true,
                         "nodes": ["elementary", "office"]}],
-            "members": [{"node": "office", "advertise": "http://o:8080", "ready": true, "version": "0.1.0"}],
+            "members": [{"node": "office", "advertise": "http://o:8080", "ready": true, "version": "0.1.0",
+                         "batch_format": 2}],
         });
         let text = super::summary(&v);
         assert!(
@@ -179,6 +181,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("elementary > office"), "{text}");
+        assert!(text.contains("v0.1.0 batches v2"), "{text}");
         assert_eq!(super::query("a b&c"), "a%20b%26c");
     }
 }

@@ -1349,6 +1349,7 @@ impl Driver {
                     version: m.version.clone(),
                     lease: format!("{:x}", m.lease),
                     generation: m.generation,
+                    batch_format: m.batch_format,
                 })
                 .collect(),
             owners: self

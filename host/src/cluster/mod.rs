@@ -57,6 +57,9 @@ pub struct MemberView {
     pub lease: String,
     /// The table-sync generation it holds.
     pub generation: u64,
+    /// The newest executed-batch value format it reads (docs/cluster.md,
+    /// "Executed keys").
+    pub batch_format: u32,
 }
 
 /// A group's owner as `GET /api/v1/cluster` shows it.
@@ -117,7 +120,7 @@ pub struct Status {
     /// The node that publishes the synced tables, if any.
     pub publisher: Option<String>,
     /// Revisions where this node's history of executed keys became
-    /// incomplete (none yet: executed keys are the next step).
+    /// incomplete (the newest 20).
     pub gaps: Vec<i64>,
     /// The last etcd error, if the last call failed.
     pub last_error: Option<String>,
