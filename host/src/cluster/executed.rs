@@ -40,8 +40,9 @@ pub(super) const BATCH_KEYS: u32 = 2000;
 /// `applied_rev`.
 const APPLIED_REV_EVERY: Duration = Duration::from_secs(1);
 
-/// A batch's value, before its format's encoding.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A batch's value as read, before its format's encoding (written as
+/// [`BatchOut`], which borrows the keys).
+#[derive(Debug, Deserialize)]
 pub(super) struct Batch {
     pub(super) keys: Vec<String>,
 }
