@@ -85,9 +85,11 @@ struct BatchOut<'a> {
 }
 
 thread_local! {
-    /// One zstd context per thread, kept between batches (making one
-    /// costs more than compressing a batch).
+    /// One zstd context each way per thread, kept between batches (making
+    /// one costs more than compressing or decompressing a batch).
     static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -122,7 +124,18 @@ pub(super) fn decode_batch(value: &[u8]) -> Result<Vec<String>, BatchError> {
             .and_then(|n| usize::try_from(n).ok())
             .filter(|&n| n <= MAX_BATCH_BYTES)
             .ok_or(BatchError::Size)?;
-        let json = zstd::bulk::decompress(value, size).map_err(BatchError::Zstd)?;
+        let json = DECOMPRESSOR
+            .with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = Some(zstd::bulk::Decompressor::new()?);
+                }
+                match d.as_mut() {
+                    Some(z) => z.decompress(value, size),
+                    None => zstd::bulk::decompress(value, size),
+                }
+            })
+            .map_err(BatchError::Zstd)?;
         serde_json::from_slice(&json)?
     } else {
         serde_json::from_slice(value)?
@@ -350,8 +363,7 @@ pub(super) async fn read_all(
     let batches = foreign_batches(keys, &me, resp.kvs());
     // A one-group read at a past revision must not move applied_rev.
     let applied = if group.is_none() { at } else { 0 };
-    node.store()
-        .write(move |c| groups::apply_batches(c, &batches, applied))
+    node.apply_executed(batches, applied)
         .await
         .map_err(|e| ClusterError::Refused(e.to_string()))?;
     Ok(at)
@@ -454,11 +466,7 @@ pub(super) async fn watch_loop(node: Arc<Node>, client: Client, keys: Keys, stop
             if batches.is_empty() && (rev == 0 || saved.elapsed() < APPLIED_REV_EVERY) {
                 continue;
             }
-            match node
-                .store()
-                .write(move |c| groups::apply_batches(c, &batches, rev))
-                .await
-            {
+            match node.apply_executed(batches, rev).await {
                 Ok(_) => saved = Instant::now(),
                 Err(e) => tracing::error!("cluster: cannot store tombstones: {e}"),
             }

@@ -33,6 +33,12 @@ pub(super) struct GroupedTx<'a> {
     /// Which groups keep pending rows or tombstones, asked once in the
     /// transaction.
     pub(super) rows: groups::GroupRows,
+    /// The executions to record, by group and epoch, written in one
+    /// statement each before the commit ([`GroupedTx::record`]). Until
+    /// then [`groups::state`] does not see them: a transaction runs a key
+    /// at most once (ingest skips a key repeated in its batch, a replay
+    /// reads one pending row per key).
+    to_record: Vec<(Arc<str>, u64, Vec<String>)>,
     /// The executions recorded, for the publisher's feed once committed
     /// ([`GroupedTx::committed`]).
     recorded: Vec<ExecRow>,
@@ -54,6 +60,7 @@ impl<'a> GroupedTx<'a> {
             only,
             may_run,
             rows: groups::GroupRows::default(),
+            to_record: Vec::new(),
             recorded: Vec::new(),
             groups_of: HashMap::new(),
             todo: Vec::new(),
@@ -71,10 +78,30 @@ impl<'a> GroupedTx<'a> {
         g
     }
 
+    /// Write the executions of the transaction's runs, a statement per
+    /// group; call once, after the last run and before the commit.
+    pub(super) fn record(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+        for (group, epoch, keys) in self.to_record.drain(..) {
+            for (seq, key) in groups::record_many(tx, &group, epoch, keys, self.now)? {
+                self.recorded.push((seq, Arc::clone(&group), key, self.now));
+            }
+        }
+        Ok(())
+    }
+
     /// Once the transaction has committed (never before): hand the
-    /// executions it recorded to the publisher's feed.
+    /// executions it recorded to the publisher's feed, then move the
+    /// execution watch to the newest (the publisher wakes).
     pub(super) fn committed(self, node: &Node) {
+        let newest = self.recorded.iter().map(|r| r.0).max();
         node.exec_feed.push(self.recorded);
+        if let Some(seq) = newest {
+            node.exec_seq.send_if_modified(|s| {
+                let moved = seq > *s;
+                *s = (*s).max(seq);
+                moved
+            });
+        }
     }
 }
 
@@ -132,15 +159,21 @@ impl Node {
             }
         }
         // The group row numbers the execution (a cluster member keeps no
-        // pair `executed_key` row).
-        let mut seq = 0;
+        // pair `executed_key` row), written before the commit
+        // ([`GroupedTx::record`]), which also moves the execution watch.
         for (group, pending) in &g.todo {
             match g.ran.iter().find(|(r, _)| r == group) {
                 Some((_, epoch)) => {
-                    if let Some(n) = groups::record(tx, group, &signal.key, *epoch, g.now)? {
-                        seq = seq.max(n);
-                        g.recorded
-                            .push((n, Arc::clone(group), signal.key.clone(), g.now));
+                    match g
+                        .to_record
+                        .iter_mut()
+                        .find(|(r, e, _)| r == group && e == epoch)
+                    {
+                        Some((_, _, keys)) => keys.push(signal.key.clone()),
+                        None => {
+                            g.to_record
+                                .push((Arc::clone(group), *epoch, vec![signal.key.clone()]))
+                        }
                     }
                     if *pending {
                         groups::drop_pending(tx, group, &signal.key)?;
@@ -151,7 +184,7 @@ impl Node {
             }
         }
         match outcome {
-            Some(o) if !g.ran.is_empty() => Ok(Run::Executed(o, seq)),
+            Some(o) if !g.ran.is_empty() => Ok(Run::Executed(o, 0)),
             _ => Ok(Run::Stored),
         }
     }
@@ -242,6 +275,7 @@ impl Node {
                     }
                     save_quarantines(&tx, &mut rules)?;
                 }
+                grouped.record(&tx)?;
                 if !self.gate.within_deadline() {
                     // Fenced meanwhile: nothing of this round commits.
                     return Ok(false);

@@ -137,6 +137,7 @@ impl Node {
                     save_quarantines(&tx, &mut rules)?;
                 }
                 events::insert(&tx, &rows)?;
+                grouped.record(&tx)?;
                 let queued = self.finish(&tx, &results, now)?;
                 if may_run && !self.gate.within_deadline() {
                     return Ok(Err(results.into_iter().map(|(s, _)| s).collect()));

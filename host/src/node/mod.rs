@@ -41,6 +41,11 @@ use crate::metrics::{Metrics, NotificationStatus, Snapshot};
 use crate::store::outbox::NewNotification;
 use crate::store::{Store, StoreError, events, exec, now_ms, outbox, rules};
 
+/// The fewest tombstones a prune's sweep visits (however few were stored
+/// since the last prune), and how many it visits in one transaction.
+const SWEEP_MIN: u64 = 100_000;
+const SWEEP_CHUNK: u64 = 5_000;
+
 /// Ingest limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -128,7 +133,9 @@ pub struct ReloadSummary {
 /// What happened to one signal in the pipeline.
 #[derive(Debug)]
 enum Run {
-    /// Rules ran; the execution's number.
+    /// Rules ran; the execution's number (0 from a cluster member's
+    /// grouped run: its numbers are written before the commit and move
+    /// the execution watch after it, [`groups::GroupedTx::committed`]).
     Executed(Outcome, u64),
     /// The gate was closed: stored (pending on a pair member).
     Stored,
@@ -199,6 +206,9 @@ pub struct Node {
     exec_seq: tokio::sync::watch::Sender<u64>,
     /// A cluster member's committed executions, for its publisher.
     exec_feed: feed::ExecFeed,
+    /// Where the sweep of old tombstones goes on from, and how many were
+    /// stored since the last prune (its pace).
+    sweep: Mutex<(crate::store::groups::SweepAt, u64)>,
     sync_gen: AtomicU64,
     /// One table sync (export or import) at a time.
     sync_lock: tokio::sync::Mutex<()>,
@@ -244,6 +254,7 @@ impl Node {
             delivery_wake: tokio::sync::watch::channel(0).0,
             exec_seq: tokio::sync::watch::channel(last_seq).0,
             exec_feed: feed::ExecFeed::default(),
+            sweep: Mutex::new((None, 0)),
             sync_gen: AtomicU64::new(sync_gen),
             sync_lock: tokio::sync::Mutex::new(()),
             tables_changed: tokio::sync::Notify::new(),
@@ -488,15 +499,33 @@ impl Node {
         &self.exec_feed
     }
 
+    /// Store the tombstones of executed batches put by other members,
+    /// (group, keys), and move `applied_rev` to `rev` (0: leave it), in
+    /// one transaction; returns how many tombstones were new.
+    pub async fn apply_executed(
+        &self,
+        batches: Vec<(String, Vec<String>)>,
+        rev: i64,
+    ) -> Result<usize, StoreError> {
+        let stored = self
+            .store
+            .write(move |c| crate::store::groups::apply_batches(c, batches, rev))
+            .await?;
+        self.sweep.lock().unwrap_or_else(|p| p.into_inner()).1 += stored as u64;
+        Ok(stored)
+    }
+
     /// Delete event log rows and finished notifications older than the
     /// retention.
     ///
     /// Pending signals, executed keys and tombstones are what a handback
     /// needs: while a failover is open (a failover log row without an end),
     /// none of them is pruned.
+    /// Tombstones are swept apart from the rest ([`Node::sweep_tombstones`]).
     pub async fn prune(&self) -> Result<(usize, usize), StoreError> {
         let before = now_ms() - self.config.node.retention.as_millis() as i64;
-        self.store
+        let (sweep, events, notes) = self
+            .store
             .write(move |c| {
                 let open: i64 = c.query_row(
                     "SELECT count(*) FROM failover_log WHERE ended_at IS NULL",
@@ -507,7 +536,6 @@ impl Node {
                 // A cluster member's rows per group, past the retention,
                 // unless a failover is open (its replay needs them).
                 if open == 0 {
-                    c.execute("DELETE FROM group_tombstone WHERE at < ?1", [before])?;
                     c.execute(
                         "DELETE FROM group_executed WHERE seq <= ?1 AND at < ?2",
                         rusqlite::params![
@@ -524,9 +552,55 @@ impl Node {
                     exec::prune(c, before)?;
                     events::prune(c, before)?
                 };
-                Ok((events, outbox::prune(c, before)?))
+                Ok((open == 0, events, outbox::prune(c, before)?))
             })
-            .await
+            .await?;
+        if sweep {
+            self.sweep_tombstones(before).await?;
+        }
+        Ok((events, notes))
+    }
+
+    /// Delete tombstones stored before `before`: a stretch of the table
+    /// twice as long as the tombstones stored since the last prune (at
+    /// least [`SWEEP_MIN`]), a transaction per [`SWEEP_CHUNK`] rows, from
+    /// where the last sweep stopped. Every row is visited about every half
+    /// retention, so a tombstone goes between one and one and a half
+    /// retentions after it was stored.
+    async fn sweep_tombstones(&self, before: i64) -> Result<usize, StoreError> {
+        let (mut at, stored) = {
+            let mut s = self.sweep.lock().unwrap_or_else(|p| p.into_inner());
+            (s.0.take(), std::mem::take(&mut s.1))
+        };
+        let mut budget = stored.saturating_mul(2).max(SWEEP_MIN);
+        let mut deleted = 0;
+        while budget > 0 {
+            let limit = budget.min(SWEEP_CHUNK);
+            let from = at.take();
+            let swept = self
+                .store
+                .write(move |c| {
+                    crate::store::groups::sweep_tombstones(c, before, from, limit as u32)
+                })
+                .await;
+            let (n, next) = match swept {
+                Ok(done) => done,
+                Err(e) => {
+                    // The budget is kept for the next prune.
+                    self.sweep.lock().unwrap_or_else(|p| p.into_inner()).1 += budget / 2;
+                    return Err(e);
+                }
+            };
+            deleted += n;
+            budget -= limit;
+            at = next;
+            if at.is_none() {
+                // The end: the next prune starts from the first row.
+                break;
+            }
+        }
+        self.sweep.lock().unwrap_or_else(|p| p.into_inner()).0 = at;
+        Ok(deleted)
     }
 }
 

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::StoreError;
@@ -131,28 +132,34 @@ pub fn state(
 
 /// Keys another member executed for `group`: stored as tombstones, and
 /// the matching pending rows of that group (only) dropped. Returns how
-/// many pending rows went.
+/// many tombstones were new and how many pending rows went.
+///
+/// One statement for the whole list (`rarray`): its cursor stays open
+/// from key to key, where a statement per key walks the tree from its
+/// root each time (half the cost a key, measured in docs/performance.md).
 pub fn tombstone(
     tx: &Transaction<'_>,
     group: &str,
-    keys: &[String],
+    keys: Vec<String>,
     at: i64,
-) -> Result<usize, StoreError> {
-    let mut put = tx.prepare_cached(
-        "INSERT INTO group_tombstone (grp, key, at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (grp, key) DO NOTHING",
-    )?;
+) -> Result<(usize, usize), StoreError> {
+    let keys = std::rc::Rc::new(keys.into_iter().map(Value::Text).collect::<Vec<_>>());
+    // `WHERE true`: an upsert after a SELECT needs it to parse.
+    let stored = tx
+        .prepare_cached(
+            "INSERT INTO group_tombstone (grp, key, at) SELECT ?1, value, ?2 FROM rarray(?3)
+             WHERE true ON CONFLICT (grp, key) DO NOTHING",
+        )?
+        .execute(params![group, at, keys.clone()])?;
     // A member that keeps nothing pending for the group (it owns it, or
-    // no device sends here) has no row to look for, key by key.
-    let any_pending = has_pending(tx, group)?;
-    let mut dropped = 0;
-    for k in keys {
-        put.execute(params![group, k, at])?;
-        if any_pending {
-            dropped += drop_pending(tx, group, k)?;
-        }
-    }
-    Ok(dropped)
+    // no device sends here) has no row to look for.
+    let dropped = if has_pending(tx, group)? {
+        tx.prepare_cached("DELETE FROM group_pending WHERE grp = ?1 AND key IN rarray(?2)")?
+            .execute(params![group, keys])?
+    } else {
+        0
+    };
+    Ok((stored, dropped))
 }
 
 /// Drop `group`'s pending row of `key`, if any; returns how many went.
@@ -227,23 +234,69 @@ pub fn applied_rev(conn: &Connection) -> Result<i64, StoreError> {
 }
 
 /// Apply the tombstones of one watch answer and move `applied_rev`, in one
-/// transaction: `batches` are (group, keys).
+/// transaction: `batches` are (group, keys). Returns how many tombstones
+/// were new.
 pub fn apply_batches(
     conn: &mut Connection,
-    batches: &[(String, Vec<String>)],
+    batches: Vec<(String, Vec<String>)>,
     rev: i64,
 ) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
     let at = super::now_ms();
-    let mut dropped = 0;
+    let mut stored = 0;
     for (g, keys) in batches {
-        dropped += tombstone(&tx, g, keys, at)?;
+        stored += tombstone(&tx, &g, keys, at)?.0;
     }
     if rev > applied_rev(&tx)? {
         super::set_setting(&tx, APPLIED_REV, rev)?;
     }
     tx.commit()?;
-    Ok(dropped)
+    Ok(stored)
+}
+
+/// Where a sweep of the tombstones stopped: the last (group, key) it
+/// visited; `None` starts from the first.
+pub type SweepAt = Option<(String, String)>;
+
+/// Delete the tombstones stored before `before` among the next `limit`
+/// in primary-key order after `from`, in one transaction. Returns how
+/// many went and where to go on from (`None`: the sweep reached the end).
+///
+/// Tombstones keep no index on their time (migration 010): a sweep that
+/// visits each row a few times in its life costs less than a second
+/// b-tree written for every tombstone.
+pub fn sweep_tombstones(
+    conn: &mut Connection,
+    before: i64,
+    from: SweepAt,
+    limit: u32,
+) -> Result<(usize, SweepAt), StoreError> {
+    let tx = conn.transaction()?;
+    let (g, k) = from.unwrap_or_default();
+    // The last row of this stretch; `(grp, key) > ('', '')` holds for
+    // every row (a group is named, a key is 1 to 256 characters).
+    let end: SweepAt = tx
+        .prepare_cached(
+            "SELECT grp, key FROM group_tombstone WHERE (grp, key) > (?1, ?2)
+             ORDER BY grp, key LIMIT 1 OFFSET ?3",
+        )?
+        .query_row(params![g, k, limit.max(1) - 1], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let deleted = match &end {
+        Some((eg, ek)) => tx
+            .prepare_cached(
+                "DELETE FROM group_tombstone
+                 WHERE (grp, key) > (?1, ?2) AND (grp, key) <= (?3, ?4) AND at < ?5",
+            )?
+            .execute(params![g, k, eg, ek, before])?,
+        None => tx
+            .prepare_cached("DELETE FROM group_tombstone WHERE (grp, key) > (?1, ?2) AND at < ?3")?
+            .execute(params![g, k, before])?,
+    };
+    tx.commit()?;
+    Ok((deleted, end))
 }
 
 /// Record a gap in this node's history of executed keys at `rev`.
@@ -295,6 +348,27 @@ pub fn record(
         )?
         .execute(params![group, key, epoch as i64, at])?;
     Ok((n == 1).then(|| tx.last_insert_rowid().max(0) as u64))
+}
+
+/// [`record`] for many keys of one group and epoch, in one statement:
+/// the (seq, key) of each row written, in no particular order (a key the
+/// group has a row for already is skipped).
+pub fn record_many(
+    tx: &Transaction<'_>,
+    group: &str,
+    epoch: u64,
+    keys: Vec<String>,
+    at: i64,
+) -> Result<Vec<(u64, String)>, StoreError> {
+    let keys = std::rc::Rc::new(keys.into_iter().map(Value::Text).collect::<Vec<_>>());
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO group_executed (grp, key, epoch, at) SELECT ?1, value, ?2, ?3 FROM rarray(?4)
+         WHERE true ON CONFLICT (grp, key) DO NOTHING RETURNING seq, key",
+    )?;
+    let rows = stmt.query_map(params![group, epoch as i64, at, keys], |r| {
+        Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Up to `limit` pending rows of `group` received at or after `since`,
@@ -375,8 +449,16 @@ mod tests {
                 // pending row only goes.
                 p.add(&tx, "a", "k3", 3, 300)?;
                 assert_eq!(state(&tx, &mut p, "c", "k1")?, KeyState::New);
-                assert_eq!(tombstone(&tx, "a", &["k3".into(), "k4".into()], 500)?, 1);
-                assert_eq!(tombstone(&tx, "c", &["k1".into()], 500)?, 0);
+                assert_eq!(
+                    tombstone(&tx, "a", vec!["k3".into(), "k4".into()], 500)?,
+                    (2, 1)
+                );
+                assert_eq!(tombstone(&tx, "c", vec!["k1".into()], 500)?, (1, 0));
+                assert_eq!(
+                    tombstone(&tx, "c", vec!["k1".into(), "k5".into()], 501)?,
+                    (1, 0),
+                    "a tombstone is stored once"
+                );
                 // The memo that found no tombstone of `c` keeps saying so
                 // (tombstones are stored in transactions of their own);
                 // the next transaction's sees them.
@@ -405,6 +487,103 @@ mod tests {
         );
         let counts = store.read_blocking(pending_counts).expect("counts");
         assert_eq!(counts, vec![("a".into(), 1), ("b".into(), 1)]);
+    }
+
+    #[test]
+    fn many_executions_are_recorded_in_one_statement_each_key_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("open");
+        let (first, again) = store
+            .write_blocking(|c| {
+                let tx = c.transaction()?;
+                let k1 = record(&tx, "a", "k1", 3, 100)?.expect("new");
+                let mut first = record_many(
+                    &tx,
+                    "a",
+                    3,
+                    vec!["k2".into(), "k1".into(), "k3".into()],
+                    200,
+                )?;
+                first.sort();
+                // Numbered after the row before them; k1 (already run) skipped.
+                assert_eq!(first, [(k1 + 1, "k2".into()), (k1 + 2, "k3".into())]);
+                let again = record_many(&tx, "b", 4, vec!["k1".into()], 300)?;
+                tx.commit()?;
+                Ok((first, again))
+            })
+            .expect("write");
+        assert_eq!(again.len(), 1, "another group's row of the same key");
+        let rows = store
+            .read_blocking(|c| executed_after(c, 0, None, 10))
+            .expect("read");
+        let seen: Vec<(u64, &str, &str, i64)> = rows
+            .iter()
+            .map(|r| (r.0, &*r.1, r.2.as_str(), r.3))
+            .collect();
+        assert_eq!(
+            seen[1..3],
+            [(first[0].0, "a", "k2", 200), (first[1].0, "a", "k3", 200)]
+        );
+        assert_eq!(seen[3], (again[0].0, "b", "k1", 300));
+        let epoch: i64 = store
+            .read_blocking(|c| {
+                Ok(c.query_row(
+                    "SELECT epoch FROM group_executed WHERE grp = 'b'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .expect("epoch");
+        assert_eq!(epoch, 4);
+    }
+
+    #[test]
+    fn a_sweep_deletes_old_tombstones_a_stretch_at_a_time_and_starts_over_at_the_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path()).expect("open");
+        let left = || -> Vec<String> {
+            store
+                .read_blocking(|c| {
+                    let mut st = c.prepare(
+                        "SELECT grp || '/' || key FROM group_tombstone ORDER BY grp, key",
+                    )?;
+                    let rows = st.query_map([], |r| r.get(0))?;
+                    Ok(rows.collect::<Result<_, _>>()?)
+                })
+                .expect("read")
+        };
+        store
+            .write_blocking(|c| {
+                // Old: a/k1, a/k3, b/k2, b/k4; new: a/k2, b/k1, b/k3.
+                apply_batches(c, vec![("a".into(), vec!["k1".into(), "k3".into()])], 1)?;
+                apply_batches(c, vec![("b".into(), vec!["k2".into(), "k4".into()])], 2)?;
+                c.execute("UPDATE group_tombstone SET at = 100", [])?;
+                let tx = c.transaction()?;
+                tombstone(&tx, "a", vec!["k2".into()], 900)?;
+                tombstone(&tx, "b", vec!["k1".into(), "k3".into()], 900)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .expect("tombstones");
+        let sweep = |from: SweepAt, limit| {
+            store
+                .write_blocking(|c| sweep_tombstones(c, 500, from, limit))
+                .expect("sweep")
+        };
+        // a/k1, a/k2, a/k3: two of them old.
+        let (n, at) = sweep(None, 3);
+        assert_eq!((n, at.clone()), (2, Some(("a".into(), "k3".into()))));
+        assert_eq!(left(), ["a/k2", "b/k1", "b/k2", "b/k3", "b/k4"]);
+        // b/k1, b/k2: one.
+        let (n, at) = sweep(at, 2);
+        assert_eq!((n, at.clone()), (1, Some(("b".into(), "k2".into()))));
+        // The rest, fewer than the limit: the end.
+        let (n, at) = sweep(at, 10);
+        assert_eq!((n, at.clone()), (1, None));
+        assert_eq!(left(), ["a/k2", "b/k1", "b/k3"]);
+        // From the start again: nothing old is left.
+        assert_eq!(sweep(at, 10), (0, None));
+        assert_eq!(left(), ["a/k2", "b/k1", "b/k3"]);
     }
 
     #[test]

@@ -96,6 +96,9 @@ fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // `rarray(?)`: a statement takes a whole list of keys as one
+    // parameter (tombstones are stored a batch at a time).
+    rusqlite::vtab::array::load_module(&conn)?;
     Ok(conn)
 }
 

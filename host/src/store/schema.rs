@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/007_raised_events.sql"),
     include_str!("sql/008_published_cursor.sql"),
     include_str!("sql/009_without_rowid.sql"),
+    include_str!("sql/010_tombstone_sweep.sql"),
 ];
 
 /// The schema version this build writes.
@@ -94,6 +95,35 @@ mod tests {
         assert_eq!(cursor_after_migration_from_7(&[false, true]), 0);
         assert_eq!(cursor_after_migration_from_7(&[true, true, true]), 3);
         assert_eq!(cursor_after_migration_from_7(&[]), 0);
+    }
+
+    #[test]
+    fn tombstones_keep_no_time_index_from_version_10() {
+        let mut conn = db_at(9);
+        conn.execute(
+            "INSERT INTO group_tombstone (grp, key, at) VALUES ('a', 'k1', 10)",
+            [],
+        )
+        .expect("row");
+        let indexes = |conn: &Connection| -> i64 {
+            conn.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'group_tombstone'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("indexes")
+        };
+        assert_eq!(indexes(&conn), 1, "version 9 indexes `at`");
+        assert_eq!(migrate(&mut conn).expect("migrate"), VERSION);
+        assert_eq!(indexes(&conn), 0, "the primary key is the table");
+        let at: i64 = conn
+            .query_row(
+                "SELECT at FROM group_tombstone WHERE grp = 'a' AND key = 'k1'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("kept");
+        assert_eq!(at, 10);
     }
 
     #[test]
