@@ -520,8 +520,8 @@ impl Node {
     ///
     /// Pending signals, executed keys and tombstones are what a handback
     /// needs: while a failover is open (a failover log row without an end),
-    /// none of them is pruned.
-    /// Tombstones are swept apart from the rest ([`Node::sweep_tombstones`]).
+    /// none of them is pruned. Tombstones go by a sweep of their own,
+    /// after the rest ([`Node::sweep_tombstones`]).
     pub async fn prune(&self) -> Result<(usize, usize), StoreError> {
         let before = now_ms() - self.config.node.retention.as_millis() as i64;
         let (sweep, events, notes) = self
@@ -586,7 +586,8 @@ impl Node {
             let (n, next) = match swept {
                 Ok(done) => done,
                 Err(e) => {
-                    // The budget is kept for the next prune.
+                    // What is left of the budget is kept for the next
+                    // prune, which starts again from the first row.
                     self.sweep.lock().unwrap_or_else(|p| p.into_inner()).1 += budget / 2;
                     return Err(e);
                 }
