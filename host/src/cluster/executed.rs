@@ -127,13 +127,11 @@ pub(super) fn decode_batch(value: &[u8]) -> Result<Vec<String>, BatchError> {
         let json = DECOMPRESSOR
             .with(|d| {
                 let mut d = d.borrow_mut();
-                if d.is_none() {
-                    *d = Some(zstd::bulk::Decompressor::new()?);
-                }
-                match d.as_mut() {
-                    Some(z) => z.decompress(value, size),
-                    None => zstd::bulk::decompress(value, size),
-                }
+                let z = match &mut *d {
+                    Some(z) => z,
+                    empty => empty.insert(zstd::bulk::Decompressor::new()?),
+                };
+                z.decompress(value, size)
             })
             .map_err(BatchError::Zstd)?;
         serde_json::from_slice(&json)?

@@ -130,6 +130,11 @@ pub fn state(
     })
 }
 
+/// `keys` as one `rarray(?)` parameter (moved, not copied).
+fn key_array(keys: Vec<String>) -> std::rc::Rc<Vec<Value>> {
+    std::rc::Rc::new(keys.into_iter().map(Value::Text).collect())
+}
+
 /// Keys another member executed for `group`: stored as tombstones, and
 /// the matching pending rows of that group (only) dropped. Returns how
 /// many tombstones were new and how many pending rows went.
@@ -143,7 +148,7 @@ pub fn tombstone(
     keys: Vec<String>,
     at: i64,
 ) -> Result<(usize, usize), StoreError> {
-    let keys = std::rc::Rc::new(keys.into_iter().map(Value::Text).collect::<Vec<_>>());
+    let keys = key_array(keys);
     // `WHERE true`: an upsert after a SELECT needs it to parse.
     let stored = tx
         .prepare_cached(
@@ -360,7 +365,7 @@ pub fn record_many(
     keys: Vec<String>,
     at: i64,
 ) -> Result<Vec<(u64, String)>, StoreError> {
-    let keys = std::rc::Rc::new(keys.into_iter().map(Value::Text).collect::<Vec<_>>());
+    let keys = key_array(keys);
     let mut stmt = tx.prepare_cached(
         "INSERT INTO group_executed (grp, key, epoch, at) SELECT ?1, value, ?2, ?3 FROM rarray(?4)
          WHERE true ON CONFLICT (grp, key) DO NOTHING RETURNING seq, key",
